@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+import trio.testing
+from hypothesis import HealthCheck, settings
+
+import spec_memory
+from harness import BackendSpec
+from trio_noleader.abc import Backend
+
+settings.register_profile(
+    "quick", max_examples=60, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough", max_examples=10_000, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
+
+SPECS: list[BackendSpec] = [spec_memory.SPEC]
+try:
+    import spec_sqlite
+
+    SPECS.append(spec_sqlite.SPEC)
+except ImportError:  # the SQLite spec lands with the SQLite backend
+    pass
+try:
+    import spec_nats
+
+    SPECS.append(spec_nats.SPEC)
+except ImportError:  # the NATS spec lands with the NATS backend
+    pass
+
+
+@pytest.fixture(params=SPECS, ids=[spec.name for spec in SPECS])
+def spec(request: pytest.FixtureRequest) -> BackendSpec:
+    result: BackendSpec = request.param
+    return result
+
+
+@pytest.fixture
+def clock(spec: BackendSpec) -> trio.testing.MockClock | None:
+    """Virtual time where the backend allows it. Suite tests must take this argument:
+    pytest-trio picks the clock from the test's own arguments."""
+    return trio.testing.MockClock(autojump_threshold=0) if spec.virtual_time else None
+
+
+@pytest.fixture
+async def backend(
+    spec: BackendSpec, clock: trio.testing.MockClock | None, request: pytest.FixtureRequest
+) -> AsyncIterator[Backend]:
+    async with spec.open(request) as store:
+        yield store

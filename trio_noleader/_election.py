@@ -1,0 +1,422 @@
+"""The election core: campaign, the lease as a cancel-scope deadline, renewal, release."""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TypeVar
+
+import trio
+
+from ._context import janitor_for, release, resolve_backend
+from ._exceptions import BackendUnavailable, KeyExists, LeadershipLost, RevisionMismatch
+from ._types import Entry, check_key, check_timing, decode_value, encode_value, new_candidate_id
+from ._unwrap import bare_exceptions
+from .abc import Backend
+
+__all__ = ["Leadership", "hold_leadership"]
+
+logger = logging.getLogger("trio_noleader")
+
+T = TypeVar("T")
+
+#: Upper bound on how long a release on exit may take before it is left to the janitor.
+RELEASE_TIMEOUT = 5.0
+
+
+class _Lost(Exception):
+    """Internal: the store shows that the lease is not ours any more."""
+
+
+class _Backoff:
+    """Capped exponential backoff with the first delay at *initial* seconds."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.initial = initial
+        self.cap = max(cap, initial)
+        self.delay = initial
+
+    def reset(self) -> None:
+        self.delay = self.initial
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.delay * 2, self.cap)
+        return delay
+
+
+class Leadership:
+    """One term of leadership, yielded by :func:`hold_leadership`.
+
+    Attributes:
+        key (str): The election key.
+        candidate_id (uuid.UUID): This campaign's candidate id (a fresh UUIDv7).
+        token (int): The fencing token of this term: the store revision of the
+            acquiring write. Tokens strictly increase across terms of a key; pass it
+            to every downstream system you write to so that it can reject stale
+            writers.
+        cancel_scope (trio.CancelScope): The scope around the body. Its deadline is
+            the local lease deadline.
+    """
+
+    def __init__(self, key: str, candidate_id: uuid.UUID, token: int, deadline: float) -> None:
+        self.key = key
+        self.candidate_id = candidate_id
+        self.token = token
+        self.cancel_scope = trio.CancelScope(deadline=deadline)
+        self._resigned = False
+        self._lost: str | None = None
+
+    @property
+    def deadline(self) -> float:
+        """The body's deadline in :func:`trio.current_time` units: ``t_sent + ttl - guard``.
+
+        ``t_sent`` is the local time just before the last successful acquire or
+        renewal was sent. Each renewal moves it out. Always finite.
+        """
+        return self.cancel_scope.deadline
+
+    @property
+    def resigned(self) -> bool:
+        """True once :meth:`resign` was called."""
+        return self._resigned
+
+    def resign(self) -> None:
+        """Step down: cancel the body, release the lease, leave the block quietly.
+
+        Synchronous, like :meth:`trio.CancelScope.cancel`; safe to call from any task
+        and more than once. The ``async with`` then exits without an exception.
+        """
+        if not self._resigned and self._lost is None:
+            logger.info("resigning %s (candidate %s, token %d)",
+                        self.key, self.candidate_id, self.token)
+        self._resigned = True
+        self.cancel_scope.cancel()
+
+    def _lose(self, reason: str) -> None:
+        if self._lost is None and not self._resigned:
+            self._lost = reason
+            logger.warning("lost leadership of %s (candidate %s, token %d): %s",
+                           self.key, self.candidate_id, self.token, reason)
+        self.cancel_scope.cancel()
+
+    def __repr__(self) -> str:
+        return (f"<Leadership key={self.key!r} candidate_id={self.candidate_id} "
+                f"token={self.token} deadline={self.deadline:.3f}>")
+
+
+class _Campaign:
+    """The state of one campaign: its candidate id and what it knows of its writes."""
+
+    def __init__(self, backend: Backend, key: str, ttl: float, renew_interval: float,
+                 guard: float, wait: bool) -> None:
+        self.backend = backend
+        self.key = key
+        self.ttl = ttl
+        self.renew_interval = renew_interval
+        self.guard = guard
+        self.wait = wait
+        self.candidate_id = new_candidate_id()
+        # The revision we last know we wrote, and the local time just before it was sent.
+        self.revision: int | None = None
+        self.base = -math.inf
+        self.token = 0
+        # The send time of the earliest write of ours whose fate is unknown (it timed
+        # out, was cancelled or lost its reply): it may have been applied, late even.
+        self.unresolved: float | None = None
+        self.renew_now = False
+        self.failures = 0
+        self.last_error: BaseException | None = None
+
+    # -- helpers -----------------------------------------------------------------
+
+    @property
+    def deadline(self) -> float:
+        return self.base + self.ttl - self.guard
+
+    def _ours(self, entry: Entry | None) -> bool:
+        return (entry is not None
+                and decode_value(entry.value, entry.revision)[0] == self.candidate_id)
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one store call with a time limit; a timeout is a transient failure."""
+        try:
+            with trio.fail_after(max(self.renew_interval, 0.001)):
+                return await fn()
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                f"store call on {self.key!r} took longer than {self.renew_interval:.3g} s"
+            ) from exc
+
+    def _adopt(self, entry: Entry) -> None:
+        """Our candidate id is in the store: the lease is ours at that revision."""
+        _, token = decode_value(entry.value, entry.revision)
+        self.revision = entry.revision
+        if self.token == 0:
+            self.token = token if token is not None else entry.revision
+        # The entry was written by one of our unresolved writes (or the last known
+        # one): its TTL runs from no earlier than the earliest of those was sent.
+        if self.unresolved is not None:
+            self.base = self.unresolved
+        self.unresolved = None
+        self.renew_now = True
+
+    # -- campaign ----------------------------------------------------------------
+
+    async def campaign(self) -> None:
+        """Return once elected with a deadline that can survive a renewal round trip."""
+        janitor = janitor_for(self.backend)
+        if len(janitor):
+            try:
+                await janitor.sweep(self.backend)
+            except BackendUnavailable:
+                pass
+        backoff = _Backoff(min(0.1, self.renew_interval / 4), min(5.0, self.ttl))
+        while True:
+            try:
+                if await self._try_acquire() and await self._make_safe():
+                    return
+                if not self.wait:
+                    raise trio.WouldBlock(f"{self.key!r} is held by another candidate")
+                await self._await_vacancy()
+                backoff.reset()
+            except BackendUnavailable as exc:
+                delay = backoff.next()
+                logger.warning("campaign for %s: store unavailable (%s); retrying in %.2g s",
+                               self.key, exc, delay)
+                await trio.sleep(delay)
+            except _Lost as exc:
+                logger.info("campaign for %s: %s; campaigning again", self.key, exc)
+
+    async def _try_acquire(self) -> bool:
+        if self.revision is not None or self.unresolved is not None:
+            # A write of ours may be in the store: look before writing again.
+            entry = await self._call(lambda: self.backend.get(self.key))
+            if self._ours(entry):
+                assert entry is not None
+                self._adopt(entry)
+                return True
+            if entry is not None:
+                return False
+        sent = trio.current_time()
+        earlier = self.unresolved
+        self.unresolved = sent if earlier is None else earlier
+        try:
+            revision = await self._call(
+                lambda: self.backend.create(self.key, self.candidate_id.bytes, ttl=self.ttl))
+        except KeyExists:
+            self.unresolved = earlier
+            return False
+        self.revision = self.token = revision
+        self.base = sent
+        self.unresolved = None
+        self.renew_now = False
+        return True
+
+    async def _make_safe(self) -> bool:
+        """Renew first if the acquisition resolved too late to enter the body."""
+        while self.renew_now or trio.current_time() >= self.base + self.renew_interval:
+            if trio.current_time() >= self.deadline:
+                return False
+            await self.renew_once()
+        return True
+
+    async def _await_vacancy(self) -> None:
+        """Wait on the key's watch until it is free (or ours); fall back after a ttl."""
+        with trio.move_on_after(self.ttl):
+            async with self.backend.watch(self.key) as updates:
+                async for entry in updates:
+                    if entry is None or self._ours(entry):
+                        return
+
+    async def abandon(self) -> None:
+        """The campaign ended unelected: remove a lease of ours that may have landed."""
+        if self.revision is None and self.unresolved is None:
+            return
+        await self._release_shielded()
+
+    # -- term --------------------------------------------------------------------
+
+    async def renew_once(self) -> None:
+        """One renewal. Raises ``_Lost`` or ``BackendUnavailable``."""
+        sent = trio.current_time()
+        earlier = self.unresolved
+        self.unresolved = sent if earlier is None else earlier
+        assert self.revision is not None
+        value = encode_value(self.candidate_id, self.token)
+        revision = self.revision
+        try:
+            new_revision = await self._call(lambda: self.backend.update(
+                self.key, value, revision=revision, ttl=self.ttl))
+        except RevisionMismatch:
+            # This write was not applied, but an earlier one of ours may have been.
+            self.unresolved = earlier
+            entry = await self._call(lambda: self.backend.get(self.key))
+            if self._ours(entry):
+                assert entry is not None
+                self._adopt(entry)
+                return
+            if entry is None:
+                raise _Lost("the lease expired or was deleted in the store") from None
+            info = decode_value(entry.value, entry.revision)[0]
+            holder = f"candidate {info}" if info is not None else "an unknown holder"
+            raise _Lost(f"the store shows {holder} at revision {entry.revision}") from None
+        self.revision = new_revision
+        self.base = sent
+        self.unresolved = None
+        self.renew_now = False
+
+    async def renew_loop(self, lead: Leadership) -> None:
+        """The sibling task: keep the lease, move the body's deadline, or cancel it."""
+        backoff = _Backoff(self.renew_interval / 10, self.renew_interval / 2)
+        retry_at: float | None = None
+        while True:
+            if self.renew_now:
+                wake = trio.current_time()
+            elif retry_at is not None:
+                wake = retry_at
+            else:
+                wake = self.base + self.renew_interval
+            await trio.sleep_until(min(wake, self.deadline))
+            if trio.current_time() >= self.deadline:
+                reason = "renewals did not succeed before the lease deadline"
+                if self.last_error is not None:
+                    reason += f" ({self.failures} failed, last: {self.last_error})"
+                lead._lose(reason)
+                return
+            try:
+                await self.renew_once()
+            except _Lost as exc:
+                lead._lose(str(exc))
+                return
+            except BackendUnavailable as exc:
+                self.failures += 1
+                self.last_error = exc
+                delay = backoff.next()
+                retry_at = trio.current_time() + delay
+                logger.warning("renewing %s failed (%s); retrying in %.2g s",
+                               self.key, exc, delay)
+                continue
+            retry_at = None
+            self.failures = 0
+            self.last_error = None
+            backoff.reset()
+            if not lead.cancel_scope.cancel_called:
+                lead.cancel_scope.deadline = self.deadline
+            logger.debug("renewed %s (token %d, revision %d)", self.key, self.token,
+                         self.revision)
+
+    async def _release_shielded(self) -> None:
+        """Release our lease, shielded and bounded; leave it to the janitor on failure."""
+        released = False
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + min(RELEASE_TIMEOUT, self.ttl)
+            try:
+                released = await release(self.backend, self.key, self.candidate_id,
+                                         self.revision)
+            except BackendUnavailable as exc:
+                logger.debug("release of %s failed: %s", self.key, exc)
+            else:
+                if released:
+                    logger.info("released %s (candidate %s, token %d)",
+                                self.key, self.candidate_id, self.token)
+                self.revision = None
+                self.unresolved = None
+                return
+        janitor_for(self.backend).add(self.key, self.candidate_id)
+        self.revision = None
+        self.unresolved = None
+
+    async def release(self) -> None:
+        await self._release_shielded()
+
+
+def hold_leadership(
+    key: str,
+    *,
+    backend: Backend | None = None,
+    ttl: float = 15.0,
+    renew_interval: float | None = None,
+    guard: float | None = None,
+    wait: bool = True,
+) -> AbstractAsyncContextManager[Leadership]:
+    """Campaign for *key*, then run the block as leader while the lease holds.
+
+    The block runs inside :attr:`Leadership.cancel_scope`, whose deadline is the
+    local lease deadline ``t_sent + ttl - guard``. A sibling task renews the lease
+    every *renew_interval* and moves the deadline out; if renewals stop succeeding
+    the body is cancelled by its own deadline, before the store can expire the lease
+    and elect someone else. Leaving the block (normally, by an exception or by
+    cancellation from outside) releases the lease at once.
+
+    Example::
+
+        async with trio_noleader.hold_leadership("scheduler") as lead:
+            await run_scheduler(fencing_token=lead.token)
+
+    Args:
+        key (str): The election key: ``[-/_=.a-zA-Z0-9]+``, not starting or ending
+            with ``.``.
+        backend (Backend | None): The store. ``None`` uses the innermost
+            ``async with open_backend(...)`` (or other ``open_*``) of this task.
+        ttl (float): Lease time to live in the store, in seconds.
+        renew_interval (float | None): Seconds between renewals; default ``ttl/3``.
+        guard (float | None): Safety margin in seconds subtracted from the local
+            deadline; default ``ttl/10``. It absorbs clock rate drift up to
+            ``guard/ttl``.
+        wait (bool): If False, raise :class:`trio.WouldBlock` at once when someone
+            else holds the key.
+
+    Raises:
+        LeadershipLost: out of the ``async with`` if the lease was lost mid-body.
+        trio.WouldBlock: on entry with ``wait=False`` when the key is held.
+        NoLeaderError: on entry if *backend* is None and no backend is open.
+        ValueError, TypeError: at once for a bad key or timing (see the rules:
+            ``ttl`` finite and > 0, ``0 < renew_interval < ttl``,
+            ``0 <= guard < ttl - renew_interval``).
+
+    Transient store errors while campaigning are logged and retried with capped
+    backoff. Exceptions come out bare, never wrapped in an ``ExceptionGroup``.
+    """
+    check_key(key)
+    timing = check_timing(ttl, renew_interval, guard)
+    if not isinstance(wait, bool):
+        raise TypeError(f"wait must be a bool, got {type(wait).__name__}: {wait!r:.80}")
+    if backend is not None:
+        resolve_backend(backend)
+    return _hold(key, backend, *timing, wait)
+
+
+@asynccontextmanager
+async def _hold(key: str, backend_arg: Backend | None, ttl: float, renew_interval: float,
+                guard: float, wait: bool) -> AsyncIterator[Leadership]:
+    backend = resolve_backend(backend_arg)
+    backend.check_ttl(ttl)
+    with bare_exceptions():
+        campaign = _Campaign(backend, key, ttl, renew_interval, guard, wait)
+        try:
+            await campaign.campaign()
+        except BaseException:
+            await campaign.abandon()
+            raise
+        lead = Leadership(key, campaign.candidate_id, campaign.token, campaign.deadline)
+        logger.info("elected for %s (candidate %s, token %d)", key, lead.candidate_id,
+                    lead.token)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(campaign.renew_loop, lead)
+                try:
+                    with lead.cancel_scope:
+                        yield lead
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            await campaign.release()
+        if lead._lost is None and lead.cancel_scope.cancelled_caught and not lead.resigned:
+            lead._lose("the lease deadline passed before a renewal succeeded")
+        if lead._lost is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise LeadershipLost(f"{key}: {lead._lost}")

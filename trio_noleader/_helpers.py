@@ -1,0 +1,96 @@
+"""Public helpers on top of the election core: run_as_leader, current_leader, watch_leader."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from ._context import resolve_backend
+from ._election import Leadership, hold_leadership
+from ._exceptions import LeadershipLost
+from ._types import LeaderInfo, check_key, check_timing
+from .abc import Backend
+
+__all__ = ["current_leader", "run_as_leader", "watch_leader"]
+
+logger = logging.getLogger("trio_noleader")
+
+T = TypeVar("T")
+
+
+async def run_as_leader(
+    key: str,
+    async_fn: Callable[..., Awaitable[T]],
+    *args: object,
+    backend: Backend | None = None,
+    ttl: float = 15.0,
+    renew_interval: float | None = None,
+    guard: float | None = None,
+    wait: bool = True,
+    task_status: trio.TaskStatus[Leadership] = trio.TASK_STATUS_IGNORED,
+) -> T:
+    """Run ``await async_fn(*args)`` while leader of *key*; re-campaign after each loss.
+
+    Each campaign draws a fresh candidate id. When the lease is lost the call is
+    cancelled and, once it has unwound, the campaign starts again, so *async_fn*
+    may run several times; use :func:`hold_leadership` directly when the body needs
+    each term's fencing token.
+    A :meth:`Leadership.resign` steps down and campaigns again too. Returns what
+    *async_fn* returns. Works with :meth:`trio.Nursery.start`: the first election
+    calls ``task_status.started(leadership)``.
+
+    The other keyword arguments are those of :func:`hold_leadership`.
+    """
+    check_key(key)
+    check_timing(ttl, renew_interval, guard)
+    if not callable(async_fn):
+        raise TypeError(f"async_fn must be an async function, got {async_fn!r:.80}")
+    started = False
+    while True:
+        try:
+            async with hold_leadership(key, backend=backend, ttl=ttl,
+                                       renew_interval=renew_interval, guard=guard,
+                                       wait=wait) as lead:
+                if not started:
+                    started = True
+                    task_status.started(lead)
+                return await async_fn(*args)
+        except LeadershipLost as exc:
+            logger.info("run_as_leader(%s): %s; campaigning again", key, exc)
+
+
+async def current_leader(key: str, *, backend: Backend | None = None) -> LeaderInfo | None:
+    """Return who holds *key* now, or ``None`` if nobody does."""
+    check_key(key)
+    entry = await resolve_backend(backend).get(key)
+    return None if entry is None else LeaderInfo.from_entry(entry)
+
+
+def watch_leader(key: str, *,
+                 backend: Backend | None = None) -> AsyncGenerator[LeaderInfo | None, None]:
+    """Follow who holds *key*: the current state first, then one item per change.
+
+    A change is a new ``(candidate_id, token)``, including to ``None`` when the key
+    becomes free; renewals are not changes. Close the iterator when done, e.g. with
+    ``contextlib.aclosing(watch_leader(key)) as updates:``.
+
+    Raises:
+        BackendUnavailable: from iteration if the watch breaks.
+    """
+    check_key(key)
+    return _watch_leader(key, resolve_backend(backend))
+
+
+async def _watch_leader(key: str, backend: Backend) -> AsyncGenerator[LeaderInfo | None, None]:
+    last: object = object()
+    async with backend.watch(key) as updates:
+        async for entry in updates:
+            info = None if entry is None else LeaderInfo.from_entry(entry)
+            ident = None if info is None else (info.candidate_id, info.token)
+            if ident != last:
+                last = ident
+                yield info
+

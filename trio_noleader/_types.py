@@ -1,0 +1,155 @@
+"""Plain data types, argument rules and the stored value format (the bottom layer)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+__all__ = [
+    "Entry",
+    "LeaderInfo",
+    "check_key",
+    "check_timing",
+    "decode_value",
+    "encode_value",
+    "new_candidate_id",
+]
+
+_KEY_RE = re.compile(r"[-/_=.a-zA-Z0-9]+")
+_KEY_RULE = (
+    "keys are 1 or more of the characters A-Z a-z 0-9 - / _ = . "
+    "and do not start or end with '.'"
+)
+MAX_KEY_LENGTH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One live entry of a backend.
+
+    Attributes:
+        key (str): The key.
+        value (bytes): The stored bytes.
+        revision (int): The store's revision of the write that produced this value.
+        expires_in (float | None): Seconds the entry had left when it was read, if the
+            backend knows (used for display only, never for safety decisions).
+    """
+
+    key: str
+    value: bytes
+    revision: int
+    expires_in: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderInfo:
+    """Who holds a key, as an observer sees it.
+
+    Attributes:
+        candidate_id (uuid.UUID | None): The holder's candidate id, or ``None`` when
+            the stored value is not one of ours (a foreign or corrupt value).
+        token (int): The fencing token of the holder's term (for a foreign value, the
+            entry's revision).
+        revision (int): The store revision of the entry as last written (it changes
+            on every renewal).
+        expires_in (float | None): Seconds left on the lease when read, if known.
+    """
+
+    candidate_id: uuid.UUID | None
+    token: int
+    revision: int
+    expires_in: float | None = None
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> LeaderInfo:
+        cid, token = decode_value(entry.value, entry.revision)
+        return cls(cid, token if token is not None else entry.revision, entry.revision,
+                   entry.expires_in)
+
+
+def check_key(key: object) -> str:
+    """Return *key* if it is a valid election key, else raise TypeError/ValueError."""
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, got {type(key).__name__}: {key!r:.80}")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValueError(
+            f"key {key[:40]!r}... is {len(key)} characters long; "
+            f"keys are at most {MAX_KEY_LENGTH} characters"
+        )
+    if not _KEY_RE.fullmatch(key) or key.startswith(".") or key.endswith("."):
+        raise ValueError(f"invalid key {key!r}: {_KEY_RULE}")
+    return key
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}: "
+                        f"{value!r:.80}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value!r}: must be a finite number of seconds")
+    if value < 0 or (value == 0 and not allow_zero):
+        rule = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}={value!r}: must be {rule}")
+    return value
+
+
+def check_timing(
+    ttl: object, renew_interval: object, guard: object
+) -> tuple[float, float, float]:
+    """Validate and default the lease timing; return ``(ttl, renew_interval, guard)``.
+
+    Rules: ``ttl`` finite and > 0; ``0 < renew_interval < ttl`` (default ``ttl/3``);
+    ``0 <= guard < ttl - renew_interval`` (default ``ttl/10``).
+    """
+    ttl_f = _check_seconds("ttl", ttl)
+    renew_f = ttl_f / 3 if renew_interval is None else _check_seconds(
+        "renew_interval", renew_interval)
+    if renew_f >= ttl_f:
+        raise ValueError(
+            f"renew_interval={renew_f!r} with ttl={ttl_f!r}: renew_interval must be < ttl"
+        )
+    guard_f = ttl_f / 10 if guard is None else _check_seconds("guard", guard, allow_zero=True)
+    if guard_f >= ttl_f - renew_f:
+        raise ValueError(
+            f"guard={guard_f!r} with ttl={ttl_f!r} and renew_interval={renew_f!r}: "
+            f"guard must be < ttl - renew_interval ({ttl_f - renew_f!r}), "
+            "or the body would be cancelled before the first renewal could land"
+        )
+    return ttl_f, renew_f, guard_f
+
+
+def new_candidate_id() -> uuid.UUID:
+    """A fresh UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then 74 random bits."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version
+    value |= ((rand >> 68) & 0xFFF) << 64  # rand_a, 12 bits
+    value |= 0b10 << 62  # variant
+    value |= rand & ((1 << 62) - 1)  # rand_b, 62 bits
+    return uuid.UUID(int=value)
+
+
+def encode_value(candidate_id: uuid.UUID, token: int | None = None) -> bytes:
+    """The stored value: 16 raw UUID bytes, then the token (8 bytes, big-endian) if given."""
+    if token is None:
+        return candidate_id.bytes
+    return candidate_id.bytes + token.to_bytes(8, "big")
+
+
+def decode_value(value: bytes, revision: int) -> tuple[uuid.UUID | None, int | None]:
+    """Split a stored value into ``(candidate_id, token)``.
+
+    A 16-byte value's token is its own *revision*. Any value that is not 16 or 24
+    bytes is a foreign holder: ``(None, None)``.
+    """
+    if len(value) == 16:
+        return uuid.UUID(bytes=bytes(value)), revision
+    if len(value) == 24:
+        return uuid.UUID(bytes=bytes(value[:16])), int.from_bytes(value[16:], "big")
+    return None, None
