@@ -21,6 +21,12 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
+try:
+    # Session fixtures that start a real nats-server (see nats_fixture.py).
+    from nats_fixture import *  # noqa: F403
+except ImportError:
+    pass
+
 SPECS: list[BackendSpec] = [spec_memory.SPEC]
 try:
     import spec_sqlite
