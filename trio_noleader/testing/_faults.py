@@ -45,6 +45,7 @@ class FaultyBackend(Backend):
     - ``lose_requests``: probability that a call fails before reaching the store;
     - ``lose_replies``: probability that a *write* is applied but its reply is lost
       (the caller gets ``BackendUnavailable``: the ambiguous case);
+      ``lose_next_replies``: a count of writes whose replies are lost for certain;
     - :meth:`partition` / :meth:`heal`, or ``async with injector.partitioned():``:
       every call fails with ``BackendUnavailable`` and open watches break;
     - :meth:`crash`: a permanent partition (the candidate vanishes without
@@ -63,6 +64,7 @@ class FaultyBackend(Backend):
         self.lose_replies = lose_replies
         self.rng = rng if rng is not None else random.Random(0)
         self.name = name
+        self.lose_next_replies = 0
         self.calls: list[Call] = []
         self._down = False
         self._crashed = False
@@ -129,8 +131,12 @@ class FaultyBackend(Backend):
                 if not isinstance(exc, trio.Cancelled):
                     record(Call(trio.current_time(), op, key, f"error:{type(exc).__name__}"))
                 raise
-            lost = self.down or (
-                write and self.lose_replies and self.rng.random() < self.lose_replies)
+            lost = self.down
+            if write and not lost and self.lose_next_replies > 0:
+                self.lose_next_replies -= 1
+                lost = True
+            if write and not lost and self.lose_replies:
+                lost = self.rng.random() < self.lose_replies
             if not lost:
                 await self._delay()
                 lost = self.down
