@@ -1,14 +1,15 @@
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 
 import pytest
+import spec_memory
 import trio.testing
+from harness import BackendSpec
 from hypothesis import HealthCheck, settings
 
-import spec_memory
-from harness import BackendSpec
 from trio_noleader.abc import Backend
 
 settings.register_profile(
@@ -21,11 +22,9 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
-try:
+with contextlib.suppress(ImportError):
     # Session fixtures that start a real nats-server (see nats_fixture.py).
     from nats_fixture import *  # noqa: F403
-except ImportError:
-    pass
 
 SPECS: list[BackendSpec] = [spec_memory.SPEC]
 try:

@@ -4,8 +4,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-
 from harness import BackendSpec
+
 from trio_noleader import MemoryBackend
 from trio_noleader.abc import Backend
 

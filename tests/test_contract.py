@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 import trio.testing
-
 from harness import BackendSpec
+
 from trio_noleader import (
     Leadership,
     LeadershipLost,
@@ -36,9 +36,18 @@ class Timeline:
     """What leader bodies saw, by their own clock: (time, name, event, token)."""
 
     events: list[tuple[float, str, str, int]] = field(default_factory=list)
+    changed: trio.Event = field(default_factory=trio.Event)
 
     def add(self, name: str, event: str, token: int) -> None:
         self.events.append((trio.current_time(), name, event, token))
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, name: str, event: str = "start") -> float:
+        """Wait until *name* had *event*; return its time."""
+        while not any(e[1] == name and e[2] == event for e in self.events):
+            await self.changed.wait()
+        return self.first(name, event)
 
     def first(self, name: str, event: str) -> float:
         for time, who, what, _ in self.events:
@@ -110,15 +119,14 @@ async def test_waiting_candidate_takes_over_on_release(
     timeline = Timeline()
     with trio.fail_after(limit(spec, 2)):
         async with trio.open_nursery() as nursery:
-            async with leader(backend, spec, timeline, "a") as (lead_a, stop_a):
+            async with leader(backend, spec, timeline, "a") as (lead_a, _):
                 stop_b = trio.Event()
                 nursery.start_soon(hold_until, backend, spec, timeline, "b", stop_b)
                 # b is campaigning; let a hold through more than one renewal.
                 await trio.sleep(spec.ttl / 2)
                 assert [e[1] for e in timeline.events] == ["a"]
             released_at = trio.current_time()
-            while len(timeline.events) < 3:
-                await trio.sleep(0.005 if spec.latency else 1)
+            await timeline.wait_for("b")
             stop_b.set()
     handover = timeline.first("b", "start") - released_at
     # Watched, not polled: no time beyond the store's latency.
@@ -142,8 +150,7 @@ async def test_crashed_leader_is_replaced_after_ttl_and_not_before(
             # The store's lease runs out no earlier than ttl after a's last renewal
             # was sent; a's local deadline is that minus the guard.
             expires_no_earlier = lead_a.deadline + spec.ttl / 10
-            while not any(e[1] == "b" for e in timeline.events):
-                await trio.sleep(0.005 if spec.latency else 1)
+            await timeline.wait_for("b")
             stop_a.set()
             stop_b.set()
     taken = timeline.first("b", "start")
@@ -160,14 +167,12 @@ async def test_failed_renewals_cancel_the_body_before_the_store_expires(
     with trio.fail_after(limit(spec, 3)):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hold_until, faulty_a, spec, timeline, "a", trio.Event())
-            while not timeline.events:
-                await trio.sleep(0.005 if spec.latency else 1)
+            await timeline.wait_for("a")
             stop_b = trio.Event()
             nursery.start_soon(hold_until, backend, spec, timeline, "b", stop_b)
             await trio.sleep(spec.ttl / 5)
             faulty_a.partition()
-            while not any(e[1] == "b" for e in timeline.events):
-                await trio.sleep(0.005 if spec.latency else 1)
+            await timeline.wait_for("b")
             stop_b.set()
     timeline.first("a", "lost")
     a_end = timeline.first("a", "end")
@@ -296,17 +301,18 @@ async def test_run_as_leader_recampaigns_after_loss_and_returns(
 ) -> None:
     faulty = FaultyBackend(backend, name="a")
     runs: list[int] = []
+    started = trio.Event()
 
     async def work(value: str) -> str:
         runs.append(len(runs))
+        started.set()
         if len(runs) == 1:
             faulty.partition()
             await trio.sleep_forever()
         return value * 2
 
     async def heal_later() -> None:
-        while not runs:
-            await trio.sleep(0.005 if spec.latency else 1)
+        await started.wait()
         await trio.sleep(spec.ttl * 1.5)
         faulty.heal()
 

@@ -6,7 +6,7 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import TypeVar
 
 import trio
@@ -154,14 +154,18 @@ class _Campaign:
     def _adopt(self, entry: Entry) -> None:
         """Our candidate id is in the store: the lease is ours at that revision."""
         _, token = decode_value(entry.value, entry.revision)
-        self.revision = entry.revision
         if self.token == 0:
             self.token = token if token is not None else entry.revision
-        # The entry was written by one of our unresolved writes (or the last known
-        # one): its TTL runs from no earlier than the earliest of those was sent.
-        if self.unresolved is not None:
+        if entry.revision != self.revision:
+            # Written by one of our unresolved writes: its TTL runs from no earlier
+            # than the earliest of those was sent. (At our last known revision, the
+            # TTL still runs from that write's send time, self.base.)
+            if self.unresolved is None:
+                raise _Lost(f"our candidate id is at revision {entry.revision}, "
+                            "which no write of ours can explain")
             self.base = self.unresolved
-        self.unresolved = None
+            self.unresolved = None
+        self.revision = entry.revision
         self.renew_now = True
 
     # -- campaign ----------------------------------------------------------------
@@ -170,14 +174,13 @@ class _Campaign:
         """Return once elected with a deadline that can survive a renewal round trip."""
         janitor = janitor_for(self.backend)
         if len(janitor):
-            try:
+            with suppress(BackendUnavailable):
                 await janitor.sweep(self.backend)
-            except BackendUnavailable:
-                pass
         backoff = _Backoff(min(0.1, self.renew_interval / 4), min(5.0, self.ttl))
         while True:
             try:
-                if await self._try_acquire() and await self._make_safe():
+                if await self._try_acquire():
+                    await self._make_safe()
                     return
                 if not self.wait:
                     raise trio.WouldBlock(f"{self.key!r} is held by another candidate")
@@ -189,6 +192,7 @@ class _Campaign:
                                self.key, exc, delay)
                 await trio.sleep(delay)
             except _Lost as exc:
+                self.revision = None
                 logger.info("campaign for %s: %s; campaigning again", self.key, exc)
 
     async def _try_acquire(self) -> bool:
@@ -216,13 +220,15 @@ class _Campaign:
         self.renew_now = False
         return True
 
-    async def _make_safe(self) -> bool:
-        """Renew first if the acquisition resolved too late to enter the body."""
+    async def _make_safe(self) -> None:
+        """Renew first if the acquisition resolved too late to enter the body.
+
+        Renewing is a compare-and-set on the revision we adopted, so it is safe even
+        after our local deadline: it succeeds only if the store still has our lease,
+        and then the deadline counts afresh from its send time.
+        """
         while self.renew_now or trio.current_time() >= self.base + self.renew_interval:
-            if trio.current_time() >= self.deadline:
-                return False
             await self.renew_once()
-        return True
 
     async def _await_vacancy(self) -> None:
         """Wait on the key's watch until it is free (or ours); fall back after a ttl."""

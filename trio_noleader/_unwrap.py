@@ -34,7 +34,7 @@ def bare_exceptions() -> Iterator[None]:
         exc = real[0] if real else leaves[0]
         context = exc.__context__
         try:
-            raise exc  # noqa: B904 - the group is an implementation detail
+            raise exc
         finally:
             exc.__context__ = context
             del exc, context, group

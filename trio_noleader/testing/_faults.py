@@ -69,6 +69,7 @@ class FaultyBackend(Backend):
         self._down = False
         self._crashed = False
         self._changed = trio.Event()
+        self._recorded = trio.Event()
 
     def __repr__(self) -> str:
         return f"<FaultyBackend {self.name!r} over {self.inner!r}>"
@@ -104,7 +105,17 @@ class FaultyBackend(Backend):
         finally:
             self.heal()
 
+    async def wait_calls(self, count: int) -> None:
+        """Wait until at least *count* calls have been recorded in :attr:`calls`."""
+        while len(self.calls) < count:
+            await self._recorded.wait()
+
     # -- plumbing ----------------------------------------------------------------
+
+    def _record(self, call: Call) -> None:
+        self.calls.append(call)
+        self._recorded.set()
+        self._recorded = trio.Event()
 
     def check_ttl(self, ttl: float) -> None:
         self.inner.check_ttl(ttl)
@@ -119,7 +130,7 @@ class FaultyBackend(Backend):
 
     async def _through(self, op: str, key: str, call: Callable[[], Awaitable[T]],
                        *, write: bool) -> T:
-        record = self.calls.append
+        record = self._record
         try:
             await self._delay()
             if self.down or (self.lose_requests and self.rng.random() < self.lose_requests):
@@ -131,7 +142,7 @@ class FaultyBackend(Backend):
                 if not isinstance(exc, trio.Cancelled):
                     record(Call(trio.current_time(), op, key, f"error:{type(exc).__name__}"))
                 raise
-            lost = self.down
+            lost: bool = self.down
             if write and not lost and self.lose_next_replies > 0:
                 self.lose_next_replies -= 1
                 lost = True
@@ -177,7 +188,7 @@ class FaultyBackend(Backend):
     async def _watch(self, key: str) -> AsyncIterator[AsyncIterator[Entry | None]]:
         await self._delay()
         if self.down:
-            self.calls.append(Call(trio.current_time(), "watch", key, "lost-request"))
+            self._record(Call(trio.current_time(), "watch", key, "lost-request"))
             raise self._unavailable("watch refused")
         async with self.inner.watch(key) as updates:
             iterator = self._iterate(updates)
