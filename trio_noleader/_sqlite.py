@@ -1,19 +1,579 @@
-"""SQLite backend (placeholder until the SQLite issue lands)."""
+"""SQLiteBackend: leases shared by the processes of one host through one SQLite file.
+
+No server: every process opens the same database file with the standard library's
+:mod:`sqlite3`. The file is in WAL mode, so readers never wait for the writer, and
+every write is a compare-and-set inside one ``BEGIN IMMEDIATE`` transaction, so
+SQLite's write lock serialises them across threads and processes.
+
+Layout (``PRAGMA user_version = 1``)::
+
+    noleader_counter(id = 1, revision)      -- the one revision counter of the file
+    noleader_lease(key, value, revision, term, expires_at)
+
+``revision`` comes from the counter, bumped inside the writing transaction, so
+revisions strictly increase across keys and across processes. ``expires_at`` is
+:func:`time.time` at the moment the write was applied plus the ttl: one host, one
+clock. A row whose ``expires_at`` has passed counts as absent everywhere, whether
+or not it has been removed yet. ``term`` is the revision of the ``create`` that
+began the lease; renewals keep it. A watcher that sees a different term than the
+one it reported last knows the key was vacant in between, even if it never saw
+the vacancy, and reports ``None`` first.
+
+Blocking calls run in worker threads (:func:`trio.to_thread.run_sync`) through one
+connection guarded by a ``CapacityLimiter(1)``: the limiter is released only when a
+worker thread really finishes, so even a call whose caller was cancelled (and
+abandoned the thread) keeps the connection to itself until it is done.
+
+Watching polls ``PRAGMA data_version`` (which changes when *another* connection
+commits) together with a count of this connection's own commits, from one task per
+backend, every ``poll_interval`` seconds while anyone watches. Writes made through
+the same backend wake its watchers at once. A watcher also wakes when the entry it
+last reported expires, with no write needed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from os import PathLike
+import functools
+import logging
+import math
+import os
+import sqlite3
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
 
+import trio
+
+from ._context import backend_scope
+from ._exceptions import BackendUnavailable, KeyExists, RevisionMismatch
+from ._types import Entry, check_key
+from ._unwrap import bare_exceptions
 from .abc import Backend
+
+__all__ = ["SQLiteBackend", "open_sqlite_backend", "path_from_url"]
+
+logger = logging.getLogger("trio_noleader")
+
+T = TypeVar("T")
+
+#: Default seconds between two looks at the file for other processes' writes.
+DEFAULT_POLL_INTERVAL = 0.025
+#: Default seconds a write waits for another process's write lock before failing.
+DEFAULT_BUSY_TIMEOUT = 5.0
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS noleader_counter (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO noleader_counter (id, revision) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS noleader_lease (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    revision INTEGER NOT NULL,
+    term INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+_URL_FORMS = "sqlite:///absolute/path.db, sqlite://relative/path.db or sqlite:relative.db"
 
 
 def path_from_url(url: str) -> str:
-    raise NotImplementedError("the SQLite backend is not written yet")
+    """Return the file path that a ``sqlite:`` URL names.
+
+    ``sqlite:///abs/path.db`` gives ``/abs/path.db``; ``sqlite://rel.db`` and
+    ``sqlite:rel.db`` give the relative path ``rel.db`` (relative to the working
+    directory when the backend opens). Percent-escapes are decoded; ``~`` is not
+    expanded.
+
+    Raises:
+        TypeError: if *url* is not a str.
+        ValueError: if *url* is not a ``sqlite:`` URL naming a file: another scheme,
+            no path, a path ending in ``/``, a user or password, a query string or a
+            fragment.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, got {type(url).__name__}: {url!r:.80}")
+
+    def malformed(why: str) -> ValueError:
+        return ValueError(f"malformed SQLite URL {url!r}: {why}; expected {_URL_FORMS}")
+
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise malformed(str(exc)) from None
+    if parts.scheme.lower() != "sqlite":
+        raise malformed("the scheme must be sqlite")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise malformed("query strings and fragments are not supported")
+    if "@" in parts.netloc:
+        raise malformed("SQLite takes a file path, not a user, password or host")
+    # With "//", urlsplit puts the first path segment of a relative path in netloc.
+    path = unquote(parts.netloc + parts.path)
+    if not path:
+        raise malformed("it names no file")
+    if path.endswith("/"):
+        raise malformed(f"the path {path!r} names a directory, not a database file")
+    if "\x00" in path:
+        raise malformed("the path contains a NUL character")
+    return path
+
+
+def _check_ttl(ttl: float) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError(f"ttl must be a number of seconds, got {type(ttl).__name__}: {ttl!r:.80}")
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise ValueError(f"ttl={ttl!r}: must be a finite number of seconds > 0")
+    return float(ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A live row as one read saw it."""
+
+    entry: Entry
+    term: int
+    #: The entry's expiry, as seconds from the moment of the read.
+    remaining: float
+
+
+class SQLiteBackend(Backend):
+    """The backend protocol over one SQLite database file, shared between processes.
+
+    Obtain one from :func:`open_sqlite_backend` (or ``open_backend("sqlite:///...")``);
+    it lives as long as that ``async with`` block. Every instance has its own
+    connection; several instances (in one process or many) on one file are one store.
+    """
+
+    def __init__(self, path: str, conn: sqlite3.Connection, *, poll_interval: float,
+                 busy_timeout: float) -> None:
+        self._path = path
+        self._conn = conn
+        self._poll_interval = poll_interval
+        self._busy_timeout = busy_timeout
+        self._limiter = trio.CapacityLimiter(1)
+        self._closing = False
+        # Set by the worker thread that closed the connection; read by later workers.
+        self._conn_closed = False
+        # Commits made through this connection; data_version does not count them.
+        self._local_commits = 0
+        # Woken (and replaced) whenever the file may have changed.
+        self._changed = trio.Event()
+        self._watchers = 0
+        self._first_watcher = trio.Event()
+
+    @property
+    def path(self) -> str:
+        """The absolute path of the database file."""
+        return self._path
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between two looks for other processes' writes while watching."""
+        return self._poll_interval
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closing else ""
+        return (f"<SQLiteBackend path={self._path!r} poll_interval={self._poll_interval}"
+                f"{state}>")
+
+    # -- opening and closing -------------------------------------------------------
+
+    @classmethod
+    def _connect(cls, path: str, poll_interval: float, busy_timeout: float) -> SQLiteBackend:
+        """Open (creating if needed) the database in the calling worker thread."""
+        # Absolute now: a later chdir must not move the store under us.
+        path = os.path.abspath(path)
+        try:
+            directory = os.path.dirname(path)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            if os.path.isdir(path):
+                raise BackendUnavailable(
+                    f"cannot open SQLite database {path!r}: it is a directory")
+            conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise BackendUnavailable(f"cannot open SQLite database {path!r}: {exc}") from exc
+        try:
+            cls._prepare(conn, path)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise BackendUnavailable(
+                    f"cannot open SQLite database {path!r}: {exc}") from exc
+            raise
+        return cls(path, conn, poll_interval=poll_interval, busy_timeout=busy_timeout)
+
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection, path: str) -> None:
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(mode).lower() != "wal":
+            raise BackendUnavailable(
+                f"cannot open SQLite database {path!r}: it refused WAL mode (journal "
+                f"mode {mode!r}); WAL needs a local file system")
+        # FULL syncs every commit: after a power loss the counter must not go back,
+        # or a fencing token already handed out could be handed out again.
+        conn.execute("PRAGMA synchronous = FULL")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        if version != 0:
+            raise BackendUnavailable(
+                f"cannot open SQLite database {path!r}: its user_version is {version}, "
+                f"not {SCHEMA_VERSION}; is it another program's database?")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def aclose(self) -> None:
+        """Close the connection, once every call already under way has finished.
+
+        Later calls raise :exc:`trio.ClosedResourceError`. Idempotent.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._wake()
+        self._first_watcher.set()
+        with trio.CancelScope(shield=True):
+            # Through the limiter: an abandoned call may still be using the connection.
+            await trio.to_thread.run_sync(self._close_in_thread, limiter=self._limiter)
+        logger.debug("closed SQLite backend %s", self._path)
+
+    def _close_in_thread(self) -> None:
+        self._conn_closed = True
+        self._conn.close()
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        """Run ``fn(connection)`` in a worker thread, alone on the connection.
+
+        A cancelled caller abandons the thread at once; the call still runs to its
+        end (a write may land: the ambiguity the election core resolves by reading).
+        """
+        if self._closing:
+            raise trio.ClosedResourceError(f"{self!r} is closed")
+        try:
+            result = await trio.to_thread.run_sync(
+                self._call, fn, limiter=self._limiter, abandon_on_cancel=True)
+        except sqlite3.DatabaseError as exc:
+            # Locked, busy, I/O errors, a damaged file: the store is not usable now.
+            # IntegrityError, ProgrammingError and the like are bugs, not outages.
+            if not (isinstance(exc, sqlite3.OperationalError)
+                    or type(exc) is sqlite3.DatabaseError):
+                raise
+            hint = ""
+            if "locked" in str(exc) or "busy" in str(exc):
+                hint = f" (after waiting {self._busy_timeout:g} s for the write lock)"
+            raise BackendUnavailable(
+                f"SQLite database {self._path!r}: {exc}{hint}") from exc
+        if write:
+            self._wake()
+        return result
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn_closed:
+            raise trio.ClosedResourceError(f"{self!r} is closed")
+        return fn(self._conn)
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[float]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; yields the wall-clock time of the write.
+
+        The time is read once the write lock is held, so a lease's ttl never starts
+        before the write is applied.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield time.time()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._local_commits += 1
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection) -> int:
+        conn.execute("UPDATE noleader_counter SET revision = revision + 1 WHERE id = 1")
+        (revision,) = conn.execute(
+            "SELECT revision FROM noleader_counter WHERE id = 1").fetchone()
+        return int(revision)
+
+    @staticmethod
+    def _live(conn: sqlite3.Connection, key: str, now: float) -> tuple[int, int] | None:
+        """``(revision, term)`` of the live row under *key*, or None."""
+        row = conn.execute(
+            "SELECT revision, term, expires_at FROM noleader_lease WHERE key = ?",
+            (key,)).fetchone()
+        if row is None or not row[2] > now:
+            return None
+        return int(row[0]), int(row[1])
+
+    @staticmethod
+    def _mismatch(key: str, revision: int, live: tuple[int, int] | None) -> RevisionMismatch:
+        found = "nothing" if live is None else live[0]
+        return RevisionMismatch(f"{key}: expected revision {revision}, found {found}")
+
+    # -- the work done in threads ----------------------------------------------------
+
+    def _create_sync(self, key: str, value: bytes, ttl: float,
+                     conn: sqlite3.Connection) -> int:
+        with self._transaction(conn) as now:
+            if self._live(conn, key, now) is not None:
+                raise KeyExists(key)
+            revision = self._bump(conn)
+            conn.execute(
+                "INSERT OR REPLACE INTO noleader_lease (key, value, revision, term, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)", (key, value, revision, revision, now + ttl))
+        return revision
+
+    def _update_sync(self, key: str, value: bytes, revision: int, ttl: float,
+                     conn: sqlite3.Connection) -> int:
+        with self._transaction(conn) as now:
+            live = self._live(conn, key, now)
+            if live is None or live[0] != revision:
+                raise self._mismatch(key, revision, live)
+            new_revision = self._bump(conn)
+            conn.execute(
+                "UPDATE noleader_lease SET value = ?, revision = ?, expires_at = ?"
+                " WHERE key = ?", (value, new_revision, now + ttl, key))
+        return new_revision
+
+    def _delete_sync(self, key: str, revision: int, conn: sqlite3.Connection) -> None:
+        with self._transaction(conn) as now:
+            live = self._live(conn, key, now)
+            if live is None or live[0] != revision:
+                raise self._mismatch(key, revision, live)
+            # A delete is a write like the others: it takes a revision of its own.
+            self._bump(conn)
+            conn.execute("DELETE FROM noleader_lease WHERE key = ?", (key,))
+
+    @staticmethod
+    def _read_sync(key: str, conn: sqlite3.Connection) -> _Row | None:
+        row = conn.execute(
+            "SELECT CAST(value AS BLOB), revision, term, expires_at"
+            " FROM noleader_lease WHERE key = ?", (key,)).fetchone()
+        now = time.time()
+        if row is None or not row[3] > now:
+            return None
+        remaining = float(row[3]) - now
+        value = b"" if row[0] is None else bytes(row[0])
+        return _Row(Entry(key, value, int(row[1]), remaining), int(row[2]), remaining)
+
+    @staticmethod
+    def _keys_sync(conn: sqlite3.Connection) -> list[str]:
+        rows = conn.execute(
+            "SELECT key FROM noleader_lease WHERE expires_at > ?", (time.time(),)).fetchall()
+        return sorted(str(row[0]) for row in rows)
+
+    def _version_sync(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        return int(version), self._local_commits
+
+    # -- the protocol ----------------------------------------------------------------
+
+    async def create(self, key: str, value: bytes, *, ttl: float) -> int:
+        """Store *value* under *key* only if no live entry exists there.
+
+        Raises:
+            KeyExists: if a live entry exists.
+            BackendUnavailable: if the file stayed locked for the busy timeout, or
+                SQLite failed otherwise (the cause is chained).
+        """
+        check_key(key)
+        ttl = _check_ttl(ttl)
+        return await self._run(
+            functools.partial(self._create_sync, key, bytes(value), ttl), write=True)
+
+    async def update(self, key: str, value: bytes, *, revision: int, ttl: float) -> int:
+        """Replace the live entry at exactly *revision*; its ttl restarts now.
+
+        Raises:
+            RevisionMismatch: if there is no live entry or its revision differs.
+            BackendUnavailable: as for :meth:`create`.
+        """
+        check_key(key)
+        ttl = _check_ttl(ttl)
+        return await self._run(
+            functools.partial(self._update_sync, key, bytes(value), revision, ttl),
+            write=True)
+
+    async def get(self, key: str) -> Entry | None:
+        """Return the live entry under *key* (with ``expires_in``), or ``None``."""
+        check_key(key)
+        row = await self._run(functools.partial(self._read_sync, key))
+        return None if row is None else row.entry
+
+    async def delete(self, key: str, *, revision: int) -> None:
+        """Delete the live entry at exactly *revision*.
+
+        Raises:
+            RevisionMismatch: if there is no live entry or its revision differs.
+            BackendUnavailable: as for :meth:`create`.
+        """
+        check_key(key)
+        await self._run(functools.partial(self._delete_sync, key, revision), write=True)
+
+    async def keys(self) -> list[str]:
+        """Return the keys that hold a live entry, sorted."""
+        return await self._run(self._keys_sync)
+
+    def watch(self, key: str) -> AbstractAsyncContextManager[AsyncIterator[Entry | None]]:
+        """Watch *key*: the current state first, then every change, expiry included.
+
+        Other processes' writes are seen within about ``poll_interval`` seconds,
+        this backend's own at once, and an expiry when the entry's ``expires_at``
+        passes. A vacancy that lasted less than one poll is still reported (as
+        ``None`` before the next entry).
+        """
+        check_key(key)
+        if self._closing:
+            raise trio.ClosedResourceError(f"{self!r} is closed")
+        return self._watch(key)
+
+    @asynccontextmanager
+    async def _watch(self, key: str) -> AsyncGenerator[AsyncIterator[Entry | None], None]:
+        self._watchers += 1
+        self._first_watcher.set()
+        iterator = self._iterate(key)
+        try:
+            yield iterator
+        finally:
+            await iterator.aclose()
+            self._watchers -= 1
+
+    async def _iterate(self, key: str) -> AsyncGenerator[Entry | None, None]:
+        last: _Row | None = None
+        first = True
+        while True:
+            # Taken before the read: a change committed after the read sets this event.
+            changed = self._changed
+            row = await self._run(functools.partial(self._read_sync, key))
+            read_at = trio.current_time()
+            if first:
+                first = False
+                yield None if row is None else row.entry
+            elif row is None:
+                if last is not None:
+                    yield None
+            elif last is None or row.entry.revision != last.entry.revision:
+                if last is not None and row.term != last.term:
+                    # A new term means the key was vacant in between.
+                    yield None
+                yield row.entry
+            last = row
+            wake_at = math.inf if row is None else read_at + row.remaining
+            with trio.move_on_at(wake_at):
+                await changed.wait()
+
+    async def _poll(self) -> None:
+        """Wake the watchers whenever the file changed; runs beside the backend."""
+        seen: tuple[int, int] | None = None
+        while not self._closing:
+            if not self._watchers:
+                self._first_watcher = trio.Event()
+                if not self._watchers:
+                    await self._first_watcher.wait()
+                continue
+            try:
+                version = await self._run(self._version_sync)
+            except BackendUnavailable as exc:
+                # Let the watchers read for themselves: they recover or report it.
+                logger.debug("polling %s failed: %s", self._path, exc)
+                self._wake()
+            except trio.ClosedResourceError:
+                return
+            else:
+                if version != seen:
+                    seen = version
+                    self._wake()
+            await trio.sleep(self._poll_interval)
 
 
 @asynccontextmanager
-async def open_sqlite_backend(path: str | PathLike[str]) -> AsyncIterator[Backend]:
-    raise NotImplementedError("the SQLite backend is not written yet")
-    yield  # pragma: no cover
+async def open_sqlite_backend(
+    path: str | os.PathLike[str],
+    *,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+) -> AsyncIterator[SQLiteBackend]:
+    """Open the SQLite lease store at *path* and make it the default backend for the block.
+
+    Every process of the host that opens the same file takes part in the same
+    elections. The file (and its directory) is created if missing and put in WAL
+    mode. TTLs run on the wall clock (:func:`time.time`), shared by the processes
+    of one host; a large step of that clock shortens or stretches the leases in
+    the store, so keep the clock slewed, not stepped (the default for NTP daemons).
+
+    Example::
+
+        async with trio_noleader.open_sqlite_backend("/run/myapp/leases.db"):
+            async with trio_noleader.hold_leadership("scheduler") as lead:
+                ...
+
+    Args:
+        path (str | os.PathLike[str]): The database file. A relative path is taken
+            from the working directory now.
+        poll_interval (float): Seconds between two looks for other processes'
+            writes while something watches a key (writes through this backend
+            are seen at once).
+        busy_timeout (float): Seconds a write waits for another process's write
+            lock before it fails with :class:`BackendUnavailable`.
+
+    Raises:
+        BackendUnavailable: if the file cannot be opened or used as a lease store
+            (a directory, no permission, not a database); the message names the path.
+        TypeError, ValueError: for bad arguments, before any I/O.
+    """
+    if isinstance(path, bytes) or not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike[str], got "
+                        f"{type(path).__name__}: {path!r:.80}")
+    raw = os.fspath(path)
+    if not isinstance(raw, str):
+        raise TypeError(f"path must name a str path, got {raw!r:.80}")
+    if not raw or raw == ":memory:" or raw.startswith("file:") or "\x00" in raw:
+        raise ValueError(
+            f"path={raw!r}: must be the path of a database file, not empty, a URI or "
+            "':memory:' (for an in-process store use MemoryBackend or memory://)")
+    for name, value in (("poll_interval", poll_interval), ("busy_timeout", busy_timeout)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{name} must be a number of seconds, got "
+                            f"{type(value).__name__}: {value!r:.80}")
+        if not math.isfinite(value) or value < 0 or (name == "poll_interval" and value == 0):
+            rule = "> 0" if name == "poll_interval" else ">= 0"
+            raise ValueError(f"{name}={value!r}: must be a finite number of seconds {rule}")
+    backend = await trio.to_thread.run_sync(
+        SQLiteBackend._connect, raw, float(poll_interval), float(busy_timeout))
+    logger.debug("opened SQLite backend %s", backend.path)
+    try:
+        with bare_exceptions():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(backend._poll)
+                try:
+                    async with backend_scope(backend):
+                        yield backend
+                finally:
+                    nursery.cancel_scope.cancel()
+    finally:
+        await backend.aclose()
