@@ -109,6 +109,20 @@ async def _with_signals(body: Callable[[], Awaitable[int]]) -> int:
 # -- run -------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL if noleader dies (Linux only).
+
+    A leader-only command must not outlive the process that holds its lease: if
+    noleader is SIGKILLed, the lease expires and another replica starts the command,
+    so this one must stop too. Elsewhere this is a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 async def _stop_child(process: trio.Process, grace: float) -> None:
     """SIGTERM, then SIGKILL after *grace* seconds."""
     process.terminate()
@@ -130,6 +144,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 env = dict(os.environ, NOLEADER_KEY=args.key, NOLEADER_TOKEN=str(lead.token))
                 result = await trio.run_process(
                     args.command, check=False, stdin=None, env=env,
+                    preexec_fn=_die_with_parent,
                     deliver_cancel=lambda p: _stop_child(p, args.grace))
                 code = result.returncode
                 return code if code >= 0 else EXIT_SIGNAL_BASE - code
@@ -392,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="run a command only while leader",
+                         usage="noleader run [-h] [--url URL] [--ttl S] [--no-wait] "
+                         "[--grace S] KEY -- CMD [ARGS...]",
                          description="Campaign for KEY; while leader, run CMD with "
                          "NOLEADER_KEY and NOLEADER_TOKEN in its environment. On loss "
                          "of the lease, or SIGINT/SIGTERM, stop CMD with SIGTERM (SIGKILL "
@@ -404,7 +421,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"exit {EXIT_NOT_ELECTED} at once if someone else leads")
     run.add_argument("--grace", type=_seconds, default=10.0,
                      help="seconds between SIGTERM and SIGKILL when stopping CMD (10)")
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
     status = sub.add_parser("status", parents=[common], help="who leads each election")
     status.add_argument("keys", nargs="*", type=_key, metavar="KEY")
@@ -458,12 +474,17 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``noleader`` console script."""
     parser = build_parser()
-    # Hide the internal subcommand from --help.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is the command of `noleader run`, verbatim.
+    command: list[str] | None = None
+    if "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1:]
     args = parser.parse_args(argv)
+    if command is not None and args.command_name != "run":
+        _usage_error(parser, f"only `noleader run` takes a command after --, not "
+                     f"`noleader {args.command_name}`")
     if args.command_name == "run":
-        command = list(args.command)
-        if command[:1] == ["--"]:
-            command = command[1:]
         if not command:
             _usage_error(parser, "run needs a command after --, e.g. "
                          "noleader run KEY -- my-scheduler --flag")
