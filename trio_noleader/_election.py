@@ -174,7 +174,8 @@ class _Campaign:
         """Return once elected with a deadline that can survive a renewal round trip."""
         janitor = janitor_for(self.backend)
         if len(janitor):
-            with suppress(BackendUnavailable):
+            # Leases we failed to release earlier go first, but never hold us up.
+            with trio.move_on_after(self.renew_interval), suppress(BackendUnavailable):
                 await janitor.sweep(self.backend)
         backoff = _Backoff(min(0.1, self.renew_interval / 4), min(5.0, self.ttl))
         while True:
@@ -234,8 +235,9 @@ class _Campaign:
         """Wait on the key's watch until it is free (or ours); fall back after a ttl."""
         with trio.move_on_after(self.ttl):
             async with self.backend.watch(self.key) as updates:
+                maybe_ours = self.revision is not None or self.unresolved is not None
                 async for entry in updates:
-                    if entry is None or self._ours(entry):
+                    if entry is None or (maybe_ours and self._ours(entry)):
                         return
 
     async def abandon(self) -> None:
