@@ -22,7 +22,10 @@ the vacancy, and reports ``None`` first.
 Blocking calls run in worker threads (:func:`trio.to_thread.run_sync`) through one
 connection guarded by a ``CapacityLimiter(1)``: the limiter is released only when a
 worker thread really finishes, so even a call whose caller was cancelled (and
-abandoned the thread) keeps the connection to itself until it is done.
+abandoned the thread) keeps the connection to itself until it is done. Waits for
+another process's write lock are cut into short slices; between two, an abandoned
+worker gives up (unapplied), so a cancelled call frees the connection at once
+instead of holding it for the whole busy timeout.
 
 Watching polls ``PRAGMA data_version`` (which changes when *another* connection
 commits) together with a count of this connection's own commits, from one task per
@@ -63,6 +66,9 @@ T = TypeVar("T")
 DEFAULT_POLL_INTERVAL = 0.025
 #: Default seconds a write waits for another process's write lock before failing.
 DEFAULT_BUSY_TIMEOUT = 5.0
+#: SQLite's own busy wait is cut into slices this long, so that a worker thread whose
+#: caller was cancelled notices between two slices and stops knocking.
+BUSY_SLICE = 0.1
 
 SCHEMA_VERSION = 1
 
@@ -131,6 +137,14 @@ def _check_ttl(ttl: float) -> float:
     if not (math.isfinite(ttl) and ttl > 0):
         raise ValueError(f"ttl={ttl!r}: must be a finite number of seconds > 0")
     return float(ttl)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """True if *exc* means another connection holds the lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +217,8 @@ class SQLiteBackend(Backend):
             raise BackendUnavailable(f"cannot open SQLite database {path!r}: {exc}") from exc
         try:
             cls._prepare(conn, path)
+            slice_ms = round(min(busy_timeout, BUSY_SLICE) * 1000)
+            conn.execute(f"PRAGMA busy_timeout = {slice_ms}")
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -283,7 +299,7 @@ class SQLiteBackend(Backend):
                     or type(exc) is sqlite3.DatabaseError):
                 raise
             hint = ""
-            if "locked" in str(exc) or "busy" in str(exc):
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
                 hint = f" (after waiting {self._busy_timeout:g} s for the write lock)"
             raise BackendUnavailable(
                 f"SQLite database {self._path!r}: {exc}{hint}") from exc
@@ -292,9 +308,23 @@ class SQLiteBackend(Backend):
         return result
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn_closed:
-            raise trio.ClosedResourceError(f"{self!r} is closed")
-        return fn(self._conn)
+        """Run *fn* in this worker thread, retrying it while the file is busy.
+
+        Each try waits up to ``BUSY_SLICE`` for the lock inside SQLite. A failed try
+        has rolled back (every write is one transaction), so trying again is safe.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            if self._conn_closed:
+                raise trio.ClosedResourceError(f"{self!r} is closed")
+            try:
+                return fn(self._conn)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            # A cancelled caller has abandoned this thread: stop here, unapplied, and
+            # free the connection, rather than land the write seconds later.
+            trio.from_thread.check_cancelled()
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[float]:
