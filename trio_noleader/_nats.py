@@ -134,8 +134,14 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
     name = type(exc).__name__
+    if isinstance(exc, nats.js.errors.APIError):
+        # nats-py's str() of an API error repeats itself and prints "None"s.
+        details = [f"{label} {value}" for label, value in
+                   (("code", exc.code), ("err_code", exc.err_code)) if value is not None]
+        text = f"{name} ({', '.join(details)})" if details else name
+        return f"{text}: {exc.description}" if exc.description else text
+    text = str(exc).strip()
     return f"{name}: {text}" if text and text != name else name
 
 
@@ -246,6 +252,11 @@ class NatsBackend(Backend):
         """Run the asyncio coroutine function *fn* on our loop; map transport errors."""
         if self._closed:
             raise trio.ClosedResourceError(f"{self!r} is closed")
+        if not self.connection.is_connected:
+            # nats-py would buffer the request and send it after reconnecting: a write
+            # could then land long after the caller gave up on it. Refuse instead.
+            raise BackendUnavailable(f"{what}: not connected to NATS at {self._address} "
+                                     "(reconnecting)")
         try:
             result: T = await trio_asyncio.aio_as_trio(fn, loop=self.loop)(*args, **kwargs)
         except nats.js.errors.NotFoundError as exc:
@@ -480,22 +491,27 @@ class _Updates:
         self._yielded = False
         self._last: int | None = None  # revision of the last Entry yielded, None for None
         self._closed = False
+        self._disconnects = backend._link.disconnects
 
     def __aiter__(self) -> _Updates:
         return self
 
     async def _aio_next(self) -> Any:
-        if self._getter is None:
-            self._getter = asyncio.ensure_future(self._watcher._updates.get())
         while True:
+            if self._backend._link.disconnects != self._disconnects:
+                # The ordered consumer may take 10 s or more to resume, and may miss what
+                # expired meanwhile: break the watch; the caller watches afresh.
+                raise BackendUnavailable(
+                    f"watch of {self._key!r} broke: the connection to NATS at "
+                    f"{self._backend._address} was lost")
+            if self._getter is None:
+                self._getter = asyncio.ensure_future(self._watcher._updates.get())
             # asyncio.wait (unlike wait_for) never cancels the getter: an item that
             # arrives while we are being cancelled stays for the next call.
             done, _ = await asyncio.wait({self._getter}, timeout=WATCH_LIVENESS_INTERVAL)
             if done:
                 getter, self._getter = self._getter, None
                 return getter.result()
-            if self._backend.connection.is_closed:
-                raise nats.errors.ConnectionClosedError
 
     async def __anext__(self) -> Entry | None:
         if self._closed:
@@ -544,11 +560,12 @@ class _Updates:
 
 
 class _Link:
-    """What the connection callbacks need to know: are we past connecting, or closing?"""
+    """Connection state shared by the callbacks, the backend and its watchers."""
 
     def __init__(self) -> None:
-        self.connected = False
-        self.closing = False
+        self.connected = False  # the first connect succeeded
+        self.closing = False  # aclose() began: a disconnect now is ours
+        self.disconnects = 0  # a watcher opened before a disconnect may have missed news
 
 
 async def _aio_connect(servers: str | list[str], address: str, secrets: Sequence[str],
@@ -561,15 +578,16 @@ async def _aio_connect(servers: str | list[str], address: str, secrets: Sequence
 
     async def error_cb(exc: Exception) -> None:
         errors.append(exc)
-        del errors[:-1]
-        if link.connected and not link.closing:
+        del errors[:-20]
+        if link.connected and not link.closing and nc.is_connected:
             logger.warning("NATS %s: %s", address, _scrub(_describe(exc), secrets))
-        else:
+        else:  # failed attempts while connecting or reconnecting: one warning said it
             logger.debug("NATS %s: %s", address, _scrub(_describe(exc), secrets))
         if user_error_cb is not None:
             await user_error_cb(exc)
 
     async def disconnected_cb() -> None:
+        link.disconnects += 1
         if link.connected and not link.closing:
             logger.warning("NATS connection to %s lost; reconnecting", address)
         if user_disconnected_cb is not None:
@@ -602,9 +620,13 @@ async def _aio_connect(servers: str | list[str], address: str, secrets: Sequence
     except TypeError:
         raise  # a misspelt connect option: the caller's bug, not the store's state
     except Exception as exc:
-        # NoServersError says nothing; the last error the callback saw says why.
-        cause = errors[-1] if errors and isinstance(exc, nats.errors.NoServersError) else exc
-        if isinstance(cause, nats.errors.AuthorizationError):
+        # NoServersError says nothing; the errors the callback saw say why. A refused
+        # login is the one to report even if a reset of the socket came after it.
+        seen = errors if errors and isinstance(exc, nats.errors.NoServersError) else [exc]
+        refused = [e for e in seen if isinstance(e, nats.errors.AuthorizationError)
+                   or "authorization violation" in str(e).lower()]
+        cause = refused[-1] if refused else seen[-1]
+        if refused:
             why = "authorization failed (check user/password, token or credentials)"
         else:
             why = _scrub(_describe(cause), secrets)
