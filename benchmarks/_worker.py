@@ -1,0 +1,297 @@
+"""Subprocess roles that use trio-noleader (one process each)::
+
+    python -m benchmarks._worker candidate URL KEY TTL
+    python -m benchmarks._worker renewal URL PREFIX LEASES TTL ROUNDS
+    python -m benchmarks._worker contention URL KEY TASKS TTL HOLD DURATION NAME
+    python -m benchmarks._worker cas URL CALLS WARMUP TTL
+
+Each writes JSON lines on stdout. Times that other processes compare are
+:func:`time.monotonic` (CLOCK_MONOTONIC on Linux: one clock for the whole host,
+immune to wall-clock steps).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import trio
+
+import trio_noleader
+from trio_noleader.abc import Backend, Entry
+
+__all__ = ["CountingBackend", "main"]
+
+
+def emit(**fields: Any) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+class WarningCounter(logging.Handler):
+    """Counts the library's warnings (store errors while campaigning, failed renewals).
+
+    Keyed by the message with the election key and numbers stripped, so that one
+    kind of failure is one line of the report.
+    """
+
+    def __init__(self, key: str) -> None:
+        super().__init__(logging.WARNING)
+        self.key = key
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().replace(self.key, "KEY")
+        text = re.sub(r"\d+\.\d+|\b[0-9a-f]{8}-[0-9a-f-]{27}\b", "N", text)
+        self.counts[text[:200]] += 1
+
+    @classmethod
+    def install(cls, key: str) -> WarningCounter:
+        counter = cls(key)
+        logger = logging.getLogger("trio_noleader")
+        logger.addHandler(counter)
+        logger.propagate = False
+        return counter
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process, every thread included (SQLite's workers too)."""
+    return time.process_time()
+
+
+async def wait_for_stdin_line() -> bool:
+    """Return True when a line arrives on stdin, False when it closes first."""
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with stdin:
+        data = b""
+        while b"\n" not in data:
+            chunk = await stdin.receive_some()
+            if not chunk:
+                return False
+            data += chunk
+    return True
+
+
+class CountingBackend(Backend):
+    """Delegates to another backend and counts the calls (one integer add per call)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.calls: dict[str, int] = {"create": 0, "update": 0, "get": 0, "delete": 0,
+                                      "watch": 0}
+
+    async def create(self, key: str, value: bytes, *, ttl: float) -> int:
+        self.calls["create"] += 1
+        return await self.inner.create(key, value, ttl=ttl)
+
+    async def update(self, key: str, value: bytes, *, revision: int, ttl: float) -> int:
+        self.calls["update"] += 1
+        return await self.inner.update(key, value, revision=revision, ttl=ttl)
+
+    async def get(self, key: str) -> Entry | None:
+        self.calls["get"] += 1
+        return await self.inner.get(key)
+
+    async def delete(self, key: str, *, revision: int) -> None:
+        self.calls["delete"] += 1
+        await self.inner.delete(key, revision=revision)
+
+    def watch(self, key: str) -> AbstractAsyncContextManager[AsyncIterator[Entry | None]]:
+        self.calls["watch"] += 1
+        return self.inner.watch(key)
+
+    async def keys(self) -> list[str]:
+        return await self.inner.keys()
+
+    def check_ttl(self, ttl: float) -> None:
+        self.inner.check_ttl(ttl)
+
+
+# -- crash failover -------------------------------------------------------------------
+
+
+async def candidate(url: str, key: str, ttl: float) -> None:
+    """Campaign; report ``start`` once elected; hold until killed or stdin closes."""
+    async with trio_noleader.open_backend(url):
+        emit(event="campaign", t=time.monotonic())
+        async with trio_noleader.hold_leadership(key, ttl=ttl) as lead:
+            emit(event="start", t=time.monotonic(), token=lead.token)
+            await wait_for_stdin_line()
+
+
+# -- renewal cost ---------------------------------------------------------------------
+
+
+async def renewal(url: str, prefix: str, leases: int, ttl: float, rounds: int) -> None:
+    """Hold *leases* leases; measure CPU over exactly *rounds* renewal rounds.
+
+    Every lease renews every ``ttl/3`` s (the default), all in the same phase since
+    they were acquired together. The window starts half a renewal interval after
+    the last acquisition and lasts ``rounds`` intervals, so it holds exactly
+    ``rounds`` renewals of every lease.
+    """
+    renew_interval = ttl / 3
+    async with trio_noleader.open_backend(url) as inner:
+        backend = CountingBackend(inner)
+        held: dict[int, trio_noleader.Leadership] = {}
+        lost: list[str] = []
+        # Campaigns or terms that died of anything else: reported, not fatal, so that
+        # the run still prints what it measured.
+        errors: list[str] = []
+        all_elected = trio.Event()
+        done = trio.Event()
+        acquired_at: list[float] = []
+
+        def settled() -> None:
+            if len(held) + len(errors) >= leases:
+                all_elected.set()
+
+        async def hold(i: int) -> None:
+            try:
+                async with trio_noleader.hold_leadership(f"{prefix}/{i}", backend=backend,
+                                                         ttl=ttl) as lead:
+                    held[i] = lead
+                    acquired_at.append(trio.current_time())
+                    settled()
+                    await done.wait()
+            except trio_noleader.LeadershipLost as exc:
+                lost.append(str(exc))
+            except Exception as exc:
+                errors.append(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"[:300])
+                settled()
+
+        t_begin = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for i in range(leases):
+                nursery.start_soon(hold, i)
+            await all_elected.wait()
+            acquire_s = trio.current_time() - t_begin
+            last = max(acquired_at, default=trio.current_time())
+            spread = last - min(acquired_at, default=last)
+            await trio.sleep_until(last + renew_interval / 2)
+            calls0 = dict(backend.calls)
+            cpu0, wall0 = cpu_seconds(), time.perf_counter()
+            await trio.sleep(rounds * renew_interval)
+            cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+            calls = {name: backend.calls[name] - calls0[name] for name in calls0}
+            # Still held? By our own deadline, and by what the store says.
+            now = trio.current_time()
+            held_locally = sum(1 for lead in held.values()
+                               if not lead.cancel_scope.cancel_called and lead.deadline > now)
+            held_in_store = 0
+            for i, lead in held.items():
+                info = await trio_noleader.current_leader(f"{prefix}/{i}", backend=inner)
+                if info is not None and info.candidate_id == lead.candidate_id:
+                    held_in_store += 1
+            done.set()
+        emit(leases=leases, ttl=ttl, renew_interval=renew_interval, rounds=rounds, cpu=cpu,
+             wall=wall, calls=calls, held_locally=held_locally, held_in_store=held_in_store,
+             lost=len(lost), errors=len(errors), error_kinds=sorted(
+                 {e.split(":", 1)[0] for e in errors}), acquire_s=acquire_s,
+             acquire_spread_s=spread)
+
+
+# -- contention -----------------------------------------------------------------------
+
+
+async def contention(url: str, key: str, tasks: int, ttl: float, hold: float,
+                     duration: float, name: str) -> None:
+    """*tasks* candidates on one key; each term lasts *hold* s, then the leader resigns.
+
+    A candidate that resigned sits out *hold* s before it campaigns again.
+
+    Reports ``ready`` once the backend is open, waits for a line on stdin, runs for
+    *duration* s and reports every term it had: monotonic start and end of the
+    body (the end taken before the lease is released) and the fencing token.
+    """
+    warnings = WarningCounter.install(key)
+    async with trio_noleader.open_backend(url) as backend:
+        emit(event="ready")
+        if not await wait_for_stdin_line():
+            return
+        terms: list[dict[str, Any]] = []
+        lost = 0
+
+        async def one(j: int) -> None:
+            nonlocal lost
+            while True:
+                try:
+                    async with trio_noleader.hold_leadership(key, backend=backend,
+                                                             ttl=ttl) as lead:
+                        start = time.monotonic()
+                        try:
+                            await trio.sleep(hold)
+                        finally:
+                            terms.append({"start": start, "end": time.monotonic(),
+                                          "token": lead.token, "who": f"{name}/{j}"})
+                        lead.resign()
+                        await trio.lowlevel.checkpoint()
+                except trio_noleader.LeadershipLost:
+                    lost += 1
+                # A candidate that campaigns again at once is first at the free key
+                # (it need not wait for a watch notice) and would lead again: sit out
+                # one term so that the handover goes to one of the others.
+                await trio.sleep(hold)
+
+        cpu0 = cpu_seconds()
+        with trio.move_on_after(duration):
+            async with trio.open_nursery() as nursery:
+                for j in range(tasks):
+                    nursery.start_soon(one, j)
+        emit(event="done", terms=terms, lost=lost, cpu=cpu_seconds() - cpu0,
+             warnings=dict(warnings.counts))
+
+
+# -- bridge overhead ------------------------------------------------------------------
+
+
+async def cas(url: str, calls: int, warmup: int, ttl: float) -> None:
+    """Sequential ``backend.update`` calls: the library's renewal path into the store."""
+    async with trio_noleader.open_backend(url) as backend:
+        key = f"bench/cas/{uuid.uuid4().hex}"
+        value = uuid.uuid4().bytes + (1).to_bytes(8, "big")
+        revision = await backend.create(key, value, ttl=ttl)
+        for _ in range(warmup):
+            revision = await backend.update(key, value, revision=revision, ttl=ttl)
+        samples: list[float] = []
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            revision = await backend.update(key, value, revision=revision, ttl=ttl)
+            samples.append(time.perf_counter() - t0)
+        cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+        await backend.delete(key, revision=revision)
+    emit(samples=samples, cpu=cpu, wall=wall)
+
+
+def main(argv: list[str]) -> int:
+    role, *args = argv
+    if role == "candidate":
+        url, key, ttl = args
+        trio.run(candidate, url, key, float(ttl))
+    elif role == "renewal":
+        url, prefix, leases, ttl, rounds = args
+        trio.run(renewal, url, prefix, int(leases), float(ttl), int(rounds))
+    elif role == "contention":
+        url, key, tasks, ttl, hold, duration, name = args
+        trio.run(contention, url, key, int(tasks), float(ttl), float(hold), float(duration),
+                 name)
+    elif role == "cas":
+        url, calls, warmup, ttl = args
+        trio.run(cas, url, int(calls), int(warmup), float(ttl))
+    else:
+        raise SystemExit(f"unknown role {role!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
