@@ -39,7 +39,7 @@ async def _kv(nc: Any, bucket: str) -> Any:
     return await js.create_key_value(bucket=bucket, history=1, limit_marker_ttl=MARKER_TTL)
 
 
-async def _publish(js: Any, subject: str, value: bytes, expected: int, ttl: int) -> int:
+async def publish_cas(js: Any, subject: str, value: bytes, expected: int, ttl: int) -> int:
     """One compare-and-set write with a per-message TTL; returns the new revision."""
     ack = await js.publish(subject, value,
                            headers={EXPECTED_LAST: str(expected), MSG_TTL: str(ttl)})
@@ -82,11 +82,11 @@ async def raw_handover(url: str, bucket: str, trials: int, settle: float) -> dic
                         and entry.operation in ("DEL", "PURGE")):
                     break
             nonlocal revision
-            revision = await _publish(jss[me], subject, b"candidate-%d" % me, entry.revision,
+            revision = await publish_cas(jss[me], subject, b"candidate-%d" % me, entry.revision,
                                       ttl)
             return time.perf_counter()
 
-        revision = await _publish(jss[0], subject, b"candidate-0", 0, ttl)
+        revision = await publish_cas(jss[0], subject, b"candidate-0", 0, ttl)
         holder = 0
         samples: list[float] = []
         for _ in range(trials):
@@ -119,14 +119,14 @@ async def raw_nats_cas(url: str, bucket: str, calls: int, warmup: int,
         js = nc.jetstream()
         subject = f"$KV.{bucket}.raw-cas-{os.getpid()}"
         value = os.urandom(24)
-        revision = await _publish(js, subject, value, 0, ttl)
+        revision = await publish_cas(js, subject, value, 0, ttl)
         for _ in range(warmup):
-            revision = await _publish(js, subject, value, revision, ttl)
+            revision = await publish_cas(js, subject, value, revision, ttl)
         samples: list[float] = []
         cpu0, wall0 = cpu_seconds(), time.perf_counter()
         for _ in range(calls):
             t0 = time.perf_counter()
-            revision = await _publish(js, subject, value, revision, ttl)
+            revision = await publish_cas(js, subject, value, revision, ttl)
             samples.append(time.perf_counter() - t0)
         cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
         return {"samples": samples, "cpu": cpu, "wall": wall}

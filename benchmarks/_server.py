@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +17,16 @@ __all__ = ["NatsServer", "nats_server_binary"]
 
 #: How long a fresh server may take to accept connections (it needs about 10 ms).
 START_TIMEOUT = 15.0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the benchmark dies, even by SIGKILL (Linux).
+
+    Best effort: elsewhere the server is stopped by :meth:`NatsServer.stop` only.
+    """
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def nats_server_binary() -> str | None:
@@ -55,7 +67,8 @@ class NatsServer:
         command = [self.binary, "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir",
                    str(ports_dir), "-l", str(log), "-js", "-sd", str(self.workdir / "store")]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.process.poll() is not None:

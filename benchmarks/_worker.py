@@ -4,6 +4,7 @@
     python -m benchmarks._worker renewal URL PREFIX LEASES TTL ROUNDS
     python -m benchmarks._worker contention URL KEY TASKS TTL HOLD DURATION NAME
     python -m benchmarks._worker cas URL CALLS WARMUP TTL
+    python -m benchmarks._worker bridged-cas URL BUCKET CALLS WARMUP TTL
 
 Each writes JSON lines on stdout. Times that other processes compare are
 :func:`time.monotonic` (CLOCK_MONOTONIC on Linux: one clock for the whole host,
@@ -273,6 +274,39 @@ async def cas(url: str, calls: int, warmup: int, ttl: float) -> None:
     emit(samples=samples, cpu=cpu, wall=wall)
 
 
+async def bridged_cas(url: str, bucket: str, calls: int, warmup: int, ttl: int) -> None:
+    """The raw baseline's compare-and-set (:func:`benchmarks._raw.publish_cas`) called
+    from trio through ``trio_asyncio.aio_as_trio`` once per call, as the library
+    calls nats-py, but without trio-noleader: what the bridge alone costs."""
+    import nats
+    import trio_asyncio
+
+    from ._raw import MARKER_TTL, publish_cas
+
+    async with trio_asyncio.open_loop():
+        nc = await trio_asyncio.aio_as_trio(nats.connect)(url)
+        try:
+            js = nc.jetstream()
+            await trio_asyncio.aio_as_trio(js.create_key_value)(
+                bucket=bucket, history=1, limit_marker_ttl=MARKER_TTL)
+            subject = f"$KV.{bucket}.bridged-cas-{os.getpid()}"
+            value = os.urandom(24)
+            publish = trio_asyncio.aio_as_trio(publish_cas)
+            revision = await publish(js, subject, value, 0, ttl)
+            for _ in range(warmup):
+                revision = await publish(js, subject, value, revision, ttl)
+            samples: list[float] = []
+            cpu0, wall0 = cpu_seconds(), time.perf_counter()
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                revision = await publish(js, subject, value, revision, ttl)
+                samples.append(time.perf_counter() - t0)
+            cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+        finally:
+            await trio_asyncio.aio_as_trio(nc.close)()
+    emit(samples=samples, cpu=cpu, wall=wall)
+
+
 def main(argv: list[str]) -> int:
     role, *args = argv
     if role == "candidate":
@@ -288,6 +322,9 @@ def main(argv: list[str]) -> int:
     elif role == "cas":
         url, calls, warmup, ttl = args
         trio.run(cas, url, int(calls), int(warmup), float(ttl))
+    elif role == "bridged-cas":
+        url, bucket, calls, warmup, ttl = args
+        trio.run(bridged_cas, url, bucket, int(calls), int(warmup), int(ttl))
     else:
         raise SystemExit(f"unknown role {role!r}")
     return 0
