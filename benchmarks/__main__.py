@@ -166,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
           f"Python {meta['python']}; trio {meta['trio']}, trio-asyncio "
           f"{meta['trio-asyncio']}, nats-py {meta['nats-py']}, nats-server "
           f"{meta['nats-server']}")
+    load_end = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    meta["load_average_at_end"] = load_end
+    if meta["load_average_at_start"] is not None and load_end is not None:
+        print("load average (1, 5, 15 min) at start "
+              + " ".join(f"{x:.2f}" for x in meta["load_average_at_start"])
+              + ", at end " + " ".join(f"{x:.2f}" for x in load_end))
     if env.nats_skip:
         print(f"NATS rows skipped: {env.nats_skip}")
     tables, found = _summary(results)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Dist", "Table", "fmt", "ratio"]
+__all__ = ["Dist", "Table", "fmt", "ratio", "times"]
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float:
@@ -52,6 +52,11 @@ def ratio(value: float, baseline: float) -> float:
     if not (math.isfinite(value) and math.isfinite(baseline)) or baseline <= 0:
         return math.nan
     return value / baseline
+
+
+def times(value: float, digits: int = 2) -> str:
+    """A ratio for the table: ``3.05x``, or '-' when it could not be computed."""
+    return f"{value:.{digits}f}x" if math.isfinite(value) else "-"
 
 
 def fmt(value: float | int | None, digits: int = 3) -> str:

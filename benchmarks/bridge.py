@@ -21,7 +21,7 @@ from typing import Any
 
 from ._common import Env, Target
 from ._procs import run_json
-from ._stats import Dist, Table, ratio
+from ._stats import Dist, Table, ratio, times
 
 __all__ = ["run", "table", "targets"]
 
@@ -92,7 +92,7 @@ def table(results: dict[str, Any]) -> Table:
                 target = f"p50 ratio <= {TARGET_RATIO}: {'met' if met else 'MISSED'}"
             t.add(labels[name, side], d.n, d.p50, d.p99, d.max,
                   None if cpu is None else cpu * 1e6,
-                  f"{ratio(d.p50, raw.p50):.2f}x", f"{ratio(d.p99, raw.p99):.2f}x", target)
+                  times(ratio(d.p50, raw.p50)), times(ratio(d.p99, raw.p99)), target)
     t.note(f"{result['rounds']} alternating rounds of {result['calls_per_round']} calls "
            f"(after {result['warmup']} warm-up calls each), ttl {result['ttl']} s")
     return t

@@ -15,7 +15,6 @@ backend. Fencing tokens must increase from term to term.
 from __future__ import annotations
 
 import itertools
-import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import trio
 
 from ._common import Env, Target
 from ._procs import Worker
-from ._stats import Dist, Table, ratio
+from ._stats import Dist, Table, ratio, times
 
 __all__ = ["run", "table", "targets"]
 
@@ -101,10 +100,6 @@ def run(env: Env) -> dict[str, Any]:
     return result
 
 
-def _times(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.1f}x"
-
-
 def table(results: dict[str, Any]) -> Table:
     result = results["contention"]
     t = Table(f"5. Contention: {result['processes'] * result['tasks_per_process']} "
@@ -117,12 +112,14 @@ def table(results: dict[str, Any]) -> Table:
         d = Dist.of(summary["gaps"]).scaled(1e3)
         base = Dist.of(uncontended.get(name, [])).scaled(1e3)
         t.add(name, summary["terms"], summary["overlaps"], summary["token_inversions"],
-              d.p50, d.p99, d.max, _times(ratio(d.p50, base.p50)), summary["holders"],
+              d.p50, d.p99, d.max, times(ratio(d.p50, base.p50), 1), summary["holders"],
               sum(summary["warnings"].values()))
         for text, count in sorted(summary["warnings"].items(), key=lambda kv: -kv[1])[:3]:
             t.note(f"{name}: {count} x {text}")
     t.note("overlap = a body started before the previous one ended (never more than one "
-           "leader means 0); uncontended = scenario 1, same backend")
+           "leader means 0); uncontended = scenario 1, same backend (there the next "
+           "candidate is in another process or connection; here some are in the "
+           "leader's own process, which sees its release at once)")
     return t
 
 

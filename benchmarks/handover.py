@@ -27,7 +27,7 @@ from trio_noleader.abc import Backend
 
 from ._common import Env, Target
 from ._procs import run_json
-from ._stats import Dist, Table, ratio
+from ._stats import Dist, Table, ratio, times
 
 __all__ = ["run", "table", "targets"]
 
@@ -118,8 +118,8 @@ def table(results: dict[str, Any]) -> Table:
         if name == "nats":
             met = d.p99 < TARGET_P99_NATS * 1e3
             target = f"p99 < {TARGET_P99_NATS * 1e3:g} ms: {'met' if met else 'MISSED'}"
-        t.add(_label(name), d.n, d.p50, d.p99, d.max, f"{ratio(d.p50, raw.p50):.2f}x",
-              f"{ratio(d.p99, raw.p99):.2f}x", target)
+        t.add(_label(name), d.n, d.p50, d.p99, d.max, times(ratio(d.p50, raw.p50)),
+              times(ratio(d.p99, raw.p99)), target)
     if "raw nats-py" not in samples:
         t.note("no nats-server: no raw baseline, ratios omitted")
     t.note(f"ttl {result['ttl']:g} s; the standby campaigns {SETTLE['nats'] * 1e3:g} ms "

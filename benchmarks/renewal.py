@@ -23,7 +23,7 @@ from typing import Any
 from . import bridge
 from ._common import Env, Target
 from ._procs import run_json
-from ._stats import Table, fmt, ratio
+from ._stats import Table, fmt, ratio, times
 
 __all__ = ["run", "table", "targets"]
 
@@ -72,7 +72,7 @@ def table(results: dict[str, Any]) -> Table:
             target = f"< {TARGET_CORE_PERCENT:g} % core: {'met' if met else 'MISSED'}"
         t.add(f"{row['backend']}, {row['leases']} leases", renewals, row["cpu"],
               fmt(core), per_renewal * 1e6, per_lease_min * 1e3,
-              "-" if raw is None else f"{ratio(per_renewal, raw):.1f}x", held, target)
+              "-" if raw is None else times(ratio(per_renewal, raw), 1), held, target)
     t.note(f"window = {result['rounds']} renewal intervals, starting half an interval "
            "after the last acquisition; 'vs raw CAS' = CPU per renewal / CPU per raw "
            "compare-and-set update (bridge scenario)")
