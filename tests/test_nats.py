@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import socket
+import ssl
 import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -27,6 +28,7 @@ import nats.js.errors
 import pytest
 import trio
 import trio_asyncio
+import trustme
 from nats.js import api
 from nats_fixture import NatsServer
 from spec_nats import delete_bucket, open_test_backend
@@ -540,6 +542,33 @@ async def test_credentials_pass_through_and_stay_secret(
         assert "bad-t0ken" not in str(raised.value)
     for secret in ("s3cret-pw", "wr0ng-pw", "t0ken-value", "bad-t0ken"):
         assert secret not in caplog.text
+
+
+async def test_tls_context_passes_through(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    with NatsServer(tmp_path / "tls", args=["--tls", "--tlscert", str(cert),
+                                            "--tlskey", str(key)]) as server:
+        url = server.url.replace("nats://", "tls://")
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        with trio.fail_after(10):
+            async with open_nats_backend(url, bucket="tls", tls=context) as store:
+                revision = await store.create(KEY, b"a" * 16, ttl=5)
+                entry = await store.get(KEY)
+                assert entry is not None
+                assert entry.revision == revision
+            # Without our CA the server's certificate is refused, and that is the cause;
+            # at once (nats-py alone would hang after the failed handshake).
+            started = trio.current_time()
+            with pytest.raises(BackendUnavailable) as raised:
+                async with open_nats_backend(url, bucket="tls"):
+                    pytest.fail("trusted an unknown CA")  # pragma: no cover
+            assert trio.current_time() - started < 3
+        assert isinstance(raised.value.__cause__, ssl.SSLError)
 
 
 async def test_exceptions_come_out_bare(nats_url: str) -> None:

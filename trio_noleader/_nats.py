@@ -33,11 +33,13 @@ Where nats-py 2.16 falls short, this module talks to the stream itself:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
 import math
 import re
+import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -568,17 +570,27 @@ class _Link:
         self.disconnects = 0  # a watcher opened before a disconnect may have missed news
 
 
+def _is_refusal(exc: BaseException) -> bool:
+    """A login or certificate the server refused: retrying cannot help."""
+    return (isinstance(exc, nats.errors.AuthorizationError | ssl.SSLCertVerificationError)
+            or "authorization violation" in str(exc).lower())
+
+
 async def _aio_connect(servers: str | list[str], address: str, secrets: Sequence[str],
                        options: dict[str, Any], link: _Link) -> Any:
     """Connect (asyncio side) failing fast, then reconnect forever once connected."""
     errors: list[BaseException] = []
+    refused = asyncio.Event()
     user_error_cb = options.pop("error_cb", None)
     user_disconnected_cb = options.pop("disconnected_cb", None)
     user_reconnected_cb = options.pop("reconnected_cb", None)
+    nc = nats.aio.client.Client()
 
     async def error_cb(exc: Exception) -> None:
         errors.append(exc)
         del errors[:-20]
+        if not link.connected and _is_refusal(exc):
+            refused.set()
         if link.connected and not link.closing and nc.is_connected:
             logger.warning("NATS %s: %s", address, _scrub(_describe(exc), secrets))
         else:  # failed attempts while connecting or reconnecting: one warning said it
@@ -608,25 +620,45 @@ async def _aio_connect(servers: str | list[str], address: str, secrets: Sequence
         "allow_reconnect": True,
     }
     settings.update(options)
+    budget: float | None = None
     reconnect_forever = "max_reconnect_attempts" not in options
     if reconnect_forever:
         # nats-py retries the *first* connect up to max_reconnect_attempts times per
         # server (allow_reconnect=False does not stop that): two tries, then fail.
         settings["max_reconnect_attempts"] = 1
-    nc = nats.aio.client.Client()
+        # nats-py 2.16 can also hang for good after a failed TLS handshake: bound it.
+        count = 1 if isinstance(servers, str) else len(servers)
+        budget = 2 * count * (float(settings["connect_timeout"])
+                              + float(settings["reconnect_time_wait"])) + 1
+    connecting = asyncio.ensure_future(nc.connect(
+        servers, error_cb=error_cb, disconnected_cb=disconnected_cb,
+        reconnected_cb=reconnected_cb, **settings))
+    giving_up = asyncio.ensure_future(refused.wait())
     try:
-        await nc.connect(servers, error_cb=error_cb, disconnected_cb=disconnected_cb,
-                         reconnected_cb=reconnected_cb, **settings)
-    except TypeError:
-        raise  # a misspelt connect option: the caller's bug, not the store's state
-    except Exception as exc:
-        # NoServersError says nothing; the errors the callback saw say why. A refused
-        # login is the one to report even if a reset of the socket came after it.
-        seen = errors if errors and isinstance(exc, nats.errors.NoServersError) else [exc]
-        refused = [e for e in seen if isinstance(e, nats.errors.AuthorizationError)
-                   or "authorization violation" in str(e).lower()]
-        cause = refused[-1] if refused else seen[-1]
-        if refused:
+        await asyncio.wait({connecting, giving_up}, timeout=budget,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        giving_up.cancel()
+        if not connecting.done():
+            # Refused, too slow, or we are being cancelled: stop nats-py retrying.
+            connecting.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait({connecting}, timeout=1)
+                await asyncio.wait_for(nc.close(), REQUEST_TIMEOUT)
+    failure = None if connecting.cancelled() else connecting.exception()
+    if isinstance(failure, TypeError):
+        raise failure  # a misspelt connect option: the caller's bug, not the store's
+    if failure is not None or connecting.cancelled() or nc.is_closed:
+        # NoServersError says nothing, and a cancelled attempt nothing either: the
+        # errors the callback saw say why. A refused login or certificate is the one
+        # to report even if a socket reset came after it.
+        if errors and (failure is None or isinstance(failure, nats.errors.NoServersError)):
+            seen = errors
+        else:
+            seen = [failure or TimeoutError(f"no connection within {budget} s")]
+        refusals = [e for e in seen if _is_refusal(e)]
+        cause = refusals[-1] if refusals else seen[-1]
+        if refusals and not isinstance(cause, ssl.SSLError):
             why = "authorization failed (check user/password, token or credentials)"
         else:
             why = _scrub(_describe(cause), secrets)
