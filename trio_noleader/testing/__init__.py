@@ -2,13 +2,108 @@
 
 Public API for users who want to property-test their own leader-only code in
 virtual time. See README.rst, "Testing your leader code".
+
+- :class:`FaultyBackend` wraps a store for one candidate and injects faults:
+  latency, lost requests, lost replies, partitions, process pauses, crashes;
+  :class:`StoreSwitch` takes the whole store away from everyone.
+- :class:`FencedResource` is a downstream system that rejects stale tokens.
+- :class:`Schedule` (with :class:`Timing`, :class:`Candidate`, the faults
+  :class:`Partition`, :class:`Outage`, :class:`Pause`, :class:`Crash`,
+  :class:`Lossy`, :class:`Slow`) describes a run; :func:`schedules` and
+  :func:`timings` are Hypothesis strategies for them (importing them needs
+  ``hypothesis``).
+- :func:`run_schedule` / :func:`simulate` play a schedule in virtual time and
+  return a :class:`Trace`, whose ``check_*`` methods assert the properties.
 """
 
 from __future__ import annotations
 
-from ._faults import Call as Call
-from ._faults import FaultyBackend as FaultyBackend
+from typing import TYPE_CHECKING, Any
 
-for _obj in (Call, FaultyBackend):
+from ._faults import Call as Call
+from ._faults import DroppedEffect as DroppedEffect
+from ._faults import FaultyBackend as FaultyBackend
+from ._faults import StoreSwitch as StoreSwitch
+from ._faults import StoreWrite as StoreWrite
+from ._fence import FencedResource as FencedResource
+from ._fence import FencedWrite as FencedWrite
+from ._runner import DEFAULT_KEY as DEFAULT_KEY
+from ._runner import FaultSpan as FaultSpan
+from ._runner import IssuedWrite as IssuedWrite
+from ._runner import LeaderContext as LeaderContext
+from ._runner import Term as Term
+from ._runner import Trace as Trace
+from ._runner import default_body as default_body
+from ._runner import run_schedule as run_schedule
+from ._runner import simulate as simulate
+from ._schedule import Candidate as Candidate
+from ._schedule import Crash as Crash
+from ._schedule import Fault as Fault
+from ._schedule import Latency as Latency
+from ._schedule import Lossy as Lossy
+from ._schedule import Outage as Outage
+from ._schedule import Partition as Partition
+from ._schedule import Pause as Pause
+from ._schedule import Schedule as Schedule
+from ._schedule import Slow as Slow
+from ._schedule import Timing as Timing
+
+if TYPE_CHECKING:
+    from ._strategies import FAULT_KINDS as FAULT_KINDS
+    from ._strategies import schedules as schedules
+    from ._strategies import timings as timings
+
+_STRATEGIES = ("FAULT_KINDS", "schedules", "timings")
+
+__all__ = [
+    "DEFAULT_KEY",
+    "FAULT_KINDS",
+    "Call",
+    "Candidate",
+    "Crash",
+    "DroppedEffect",
+    "Fault",
+    "FaultSpan",
+    "FaultyBackend",
+    "FencedResource",
+    "FencedWrite",
+    "IssuedWrite",
+    "Latency",
+    "LeaderContext",
+    "Lossy",
+    "Outage",
+    "Partition",
+    "Pause",
+    "Schedule",
+    "Slow",
+    "StoreSwitch",
+    "StoreWrite",
+    "Term",
+    "Timing",
+    "Trace",
+    "default_body",
+    "run_schedule",
+    "schedules",
+    "simulate",
+    "timings",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Hypothesis is needed only by the strategies: import it on first use.
+    if name in _STRATEGIES:
+        from . import _strategies
+
+        value = getattr(_strategies, name)
+        if callable(value) and not isinstance(value, tuple):
+            value.__module__ = __name__
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+for _obj in (Call, DroppedEffect, FaultyBackend, StoreSwitch, StoreWrite, FencedResource,
+             FencedWrite, FaultSpan, IssuedWrite, LeaderContext, Term, Trace, default_body,
+             run_schedule, simulate, Candidate, Crash, Fault, Latency, Lossy, Outage,
+             Partition, Pause, Schedule, Slow, Timing):
     _obj.__module__ = __name__
 del _obj
