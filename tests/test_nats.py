@@ -649,6 +649,8 @@ async def test_bad_arguments_fail_before_any_io(kwargs: dict[str, Any],
     ("tls://host/b", ["tls://host:4222"], "b", {}),
     ("NATS://u:p%40ss@host/b", ["nats://host:4222"], "b", {"user": "u", "password": "p@ss"}),
     ("nats://s3cr3t@host/b", ["nats://host:4222"], "b", {"token": "s3cr3t"}),
+    # Unescaped "/" and "@" in a password: hosts and buckets never contain "@".
+    ("nats://u:a/b@c@host/b", ["nats://host:4222"], "b", {"user": "u", "password": "a/b@c"}),
     ("nats://h1:1,h2:2/b", ["nats://h1:1", "nats://h2:2"], "b", {}),
     ("nats://[::1]:4222/b", ["nats://[::1]:4222"], "b", {}),
     ("nats://host/b?replicas=3&storage=memory", ["nats://host:4222"], "b",
@@ -672,6 +674,18 @@ def test_parse_nats_url_refuses(url: str, why: str) -> None:
     with pytest.raises(ValueError, match=why) as raised:
         parse_nats_url(url)
     assert "secretpw" not in str(raised.value)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("nats://u:secretpw@h1:1,h2:2/b", "nats://u:***@h1:1,h2:2/b"),
+    ("nats://u:secretpw@[::1]:4222/b", "nats://u:***@[::1]:4222/b"),
+    ("nats://u:se/cretpw@host/b", "nats://u:***@host/b"),
+    ("nats://secretpw@host:4222", "nats://***@host:4222"),
+    ("nats://host:4222/b", "nats://host:4222/b"),
+])
+def test_addresses_in_messages_hide_secrets(url: str, shown: str) -> None:
+    # Every message, repr and log line names servers through this.
+    assert nats_backend._safe_url(url) == shown
 
 
 # -- the example -------------------------------------------------------------------------

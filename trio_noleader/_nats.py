@@ -28,6 +28,13 @@ Where nats-py 2.16 falls short, this module talks to the stream itself:
   a marker is no live entry: ``update`` and ``delete`` first check that the
   revision names a live value of the key (once per revision; race-free, since a
   stream sequence never changes its message).
+
+Calls made while the connection is down fail at once with
+:class:`~trio_noleader.BackendUnavailable` instead of being buffered by nats-py and
+sent after reconnecting (a write landing long after its caller gave up is exactly
+what the election has to guard against), and an open watch breaks with
+``BackendUnavailable`` on a lost connection rather than going quiet; the caller
+watches afresh and gets the current state first.
 """
 
 from __future__ import annotations
@@ -86,8 +93,9 @@ CONNECT_TIMEOUT = 2.0
 #: How often a waiting watcher checks that the connection is still alive.
 WATCH_LIVENESS_INTERVAL = 1.0
 
-#: Seconds the server keeps a watcher's consumer after its subscriber went away.
-WATCH_INACTIVE_THRESHOLD = 60.0
+#: Seconds the server keeps a watcher's consumer after its subscriber went away. A
+#: watch breaks on any disconnect anyway, so the consumer need not outlive an outage.
+WATCH_INACTIVE_THRESHOLD = 15.0
 
 DEFAULT_BUCKET = "noleader"
 
@@ -115,16 +123,20 @@ _TRANSIENT = (nats.errors.Error, OSError, asyncio.TimeoutError)
 
 def _safe_url(url: str) -> str:
     """*url* without its password or token, even where ``redact_url`` gives up."""
-    try:
-        return redact_url(url)
-    except ValueError:
-        # urlsplit cannot parse the port of a multi-host URL ("h1:4222,h2:4222").
-        scheme, sep, rest = url.partition("://")
-        userinfo, at, hosts = rest.rpartition("@")
-        if not at:
-            return url
-        user, colon, _ = userinfo.partition(":")
-        return f"{scheme}{sep}{user + ':***' if colon else '***'}@{hosts}"
+    scheme, sep, rest = url.partition("://")
+    # Hosts and bucket names never contain "@": the last one ends the credentials,
+    # even a password with an unescaped "/" in it.
+    userinfo, at, after = rest.rpartition("@")
+    if not at:
+        return url
+    if "/" not in userinfo and "[" not in after:
+        try:
+            return redact_url(url)
+        except ValueError:
+            pass  # urlsplit cannot parse the port of "h1:4222,h2:4222": do it by hand
+    # By hand, which also keeps the brackets of an IPv6 host that redact_url drops.
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user + ':***' if colon else '***'}@{after}"
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:
@@ -235,7 +247,7 @@ class NatsBackend(Backend):
         self._prefix = f"$KV.{bucket}."
         self._kv = nats.js.kv.KeyValue(name=bucket, stream=self._stream, pre=self._prefix,
                                        js=self._js, direct=False)
-        # (key, revision) pairs known to be live values, never markers: see _require_value.
+        # (key, revision) pairs known to be live values, not markers: see _aio_require_value.
         self._values: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._closed = False
 
@@ -871,14 +883,14 @@ def parse_nats_url(url: str) -> tuple[list[str], str, dict[str, Any]]:
     scheme = scheme.lower()
     if not sep or scheme not in ("nats", "tls"):
         raise ValueError(f"not a NATS URL: {shown!r} (expected nats://host:port/bucket)")
-    netloc, _, tail = rest.partition("/")
-    netloc, _, query_in_netloc = netloc.partition("?")
-    path_and_query = tail if not query_in_netloc else f"?{query_in_netloc}"
-    parts = urlsplit(f"x:///{path_and_query}")
-    if parts.fragment:
+    # Hosts and bucket names never contain "@": the last one ends the credentials.
+    userinfo, at, after = rest.rpartition("@")
+    hostlist, slash, tail = after.partition("/")
+    hostlist, question, query = hostlist.partition("?")
+    parts = urlsplit(f"x:///{tail}" if slash else f"x:///?{query}" if question else "x:///")
+    if parts.fragment or "#" in hostlist:
         raise ValueError(f"NATS URL {shown!r}: a fragment (#...) means nothing here")
     options: dict[str, Any] = {}
-    userinfo, at, hostlist = netloc.rpartition("@")
     if at:
         user, colon, password = userinfo.partition(":")
         if colon:
