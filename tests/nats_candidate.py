@@ -19,8 +19,7 @@ import time
 
 import trio
 
-from trio_noleader import LeadershipLost, hold_leadership
-from trio_noleader._nats import open_nats_backend
+from trio_noleader import LeadershipLost, hold_leadership, open_nats_backend
 
 
 def report(name: str, event: str, token: int | None = None) -> None:

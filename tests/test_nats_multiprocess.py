@@ -26,7 +26,7 @@ import pytest
 import trio
 from spec_nats import delete_bucket
 
-from trio_noleader._nats import open_nats_backend
+from trio_noleader import open_nats_backend
 
 pytestmark = [
     pytest.mark.nats,
