@@ -45,6 +45,9 @@ def plot(results: dict[str, Any], path: Path, title: str) -> str:
         late = [(s - float(group["ttl"])) * 1e3 for s in group["samples"]]
         if not late:
             continue
+        # The earliest a crash can be noticed: the kill came just before a renewal.
+        right.hlines(-float(group["ttl"]) / 3 * 1e3, i - 0.35, i + 0.35, colors="grey",
+                     linestyles=":", label="-ttl/3 (earliest)" if i == 0 else None)
         right.boxplot([late], positions=[i], widths=0.5, showfliers=False)
         right.scatter([i + rng.uniform(-0.15, 0.15) for _ in late], late, s=10, alpha=0.6)
     right.axhline(0, color="grey", lw=0.8)

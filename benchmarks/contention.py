@@ -106,16 +106,17 @@ def table(results: dict[str, Any]) -> Table:
               f"candidates in {result['processes']} processes on one key, leader resigns "
               f"every {result['hold'] * 1e3:g} ms, {result['duration']:g} s (handover ms)",
               ["case", "terms", "overlaps", "token inversions", "p50", "p99", "max",
-               "p50 / uncontended", "distinct leaders", "library warnings"])
+               "p50 / uncontended", "distinct leaders", "CPU s", "library warnings"])
     uncontended = results.get("handover", {}).get("samples", {})
     for name, summary in result["backends"].items():
         d = Dist.of(summary["gaps"]).scaled(1e3)
         base = Dist.of(uncontended.get(name, [])).scaled(1e3)
         t.add(name, summary["terms"], summary["overlaps"], summary["token_inversions"],
               d.p50, d.p99, d.max, times(ratio(d.p50, base.p50), 1), summary["holders"],
-              sum(summary["warnings"].values()))
+              sum(summary["cpu"]), sum(summary["warnings"].values()))
         for text, count in sorted(summary["warnings"].items(), key=lambda kv: -kv[1])[:3]:
             t.note(f"{name}: {count} x {text}")
+    t.note("CPU s = the candidate processes' CPU time over the run, summed")
     t.note("overlap = a body started before the previous one ended (never more than one "
            "leader means 0); uncontended = scenario 1, same backend (there the next "
            "candidate is in another process or connection; here some are in the "
