@@ -50,6 +50,7 @@ from trio_noleader._nats import (
     open_nats_backend_from_url,
     parse_nats_url,
 )
+from trio_noleader._open import redact_url
 
 pytestmark = pytest.mark.nats
 
@@ -685,7 +686,7 @@ def test_parse_nats_url_refuses(url: str, why: str) -> None:
 ])
 def test_addresses_in_messages_hide_secrets(url: str, shown: str) -> None:
     # Every message, repr and log line names servers through this.
-    assert nats_backend._safe_url(url) == shown
+    assert redact_url(url) == shown
 
 
 # -- the example -------------------------------------------------------------------------

@@ -121,24 +121,6 @@ _TRANSIENT = (nats.errors.Error, OSError, asyncio.TimeoutError)
 # -- small helpers --------------------------------------------------------------
 
 
-def _safe_url(url: str) -> str:
-    """*url* without its password or token, even where ``redact_url`` gives up."""
-    scheme, sep, rest = url.partition("://")
-    # Hosts and bucket names never contain "@": the last one ends the credentials,
-    # even a password with an unescaped "/" in it.
-    userinfo, at, after = rest.rpartition("@")
-    if not at:
-        return url
-    if "/" not in userinfo and "[" not in after:
-        try:
-            return redact_url(url)
-        except ValueError:
-            pass  # urlsplit cannot parse the port of "h1:4222,h2:4222": do it by hand
-    # By hand, which also keeps the brackets of an IPv6 host that redact_url drops.
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}{sep}{user + ':***' if colon else '***'}@{after}"
-
-
 def _scrub(text: str, secrets: Sequence[str]) -> str:
     """*text* with every known secret replaced by ``***`` (for error messages)."""
     for secret in secrets:
@@ -834,7 +816,7 @@ async def open_nats_backend(
         raise ValueError(f"storage={storage!r}: must be 'file' or 'memory'")
     if "servers" in connect_options:
         raise TypeError("pass the servers as the first argument, not servers=")
-    address = ", ".join(_safe_url(server) for server in server_list)
+    address = ", ".join(redact_url(server) for server in server_list)
     secrets = _secrets(server_list, connect_options)
     connect_to: str | list[str] = server_list[0] if len(server_list) == 1 else server_list
 
@@ -878,7 +860,7 @@ def parse_nats_url(url: str) -> tuple[list[str], str, dict[str, Any]]:
     Raises:
         ValueError: for a malformed URL (the message never shows a secret).
     """
-    shown = _safe_url(url)
+    shown = redact_url(url)
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in ("nats", "tls"):

@@ -15,18 +15,19 @@ SCHEMES = ("memory", "sqlite", "nats", "tls")
 
 
 def redact_url(url: str) -> str:
-    """*url* with any password or token replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.username is None and parts.password is None:
+    """*url* with any password or token replaced by ``***``. Never raises.
+
+    Credentials end at the last ``@`` of what follows the scheme (hosts and bucket
+    names never contain one, a password may even hold an unescaped ``/``), so this
+    works where :func:`urllib.parse.urlsplit` gives up: several hosts
+    (``nats://u:p@h1:1,h2:2``), IPv6 hosts, out-of-range ports.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or rest.startswith("/") or "@" not in rest:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = "***" if parts.password is None else f"{parts.username}:***"
-    return parts._replace(netloc=f"{user}@{host}").geturl()
+    userinfo, _, hosts = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{hosts}" if colon else f"{scheme}://***@{hosts}"
 
 
 @asynccontextmanager
