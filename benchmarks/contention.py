@@ -87,7 +87,7 @@ def analyse(terms: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(env: Env) -> dict[str, Any]:
-    duration = 4.0 if env.quick else 20.0
+    duration = 3.0 if env.quick else 20.0
     result: dict[str, Any] = {"processes": PROCESSES, "tasks_per_process": TASKS,
                               "hold": HOLD, "ttl": TTL, "duration": duration, "backends": {}}
     for name, url in env.library_backends("contention"):
