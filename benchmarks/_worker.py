@@ -181,7 +181,13 @@ async def renewal(url: str, prefix: str, leases: int, ttl: float, rounds: int) -
             await trio.sleep_until(last + renew_interval / 2)
             calls0 = dict(backend.calls)
             cpu0, wall0 = cpu_seconds(), time.perf_counter()
-            await trio.sleep(rounds * renew_interval)
+            # One reading per renewal interval: each slice holds one round of renewals.
+            round_cpu: list[float] = []
+            start = trio.current_time()
+            for r in range(1, rounds + 1):
+                before = cpu_seconds()
+                await trio.sleep_until(start + r * renew_interval)
+                round_cpu.append(cpu_seconds() - before)
             cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
             calls = {name: backend.calls[name] - calls0[name] for name in calls0}
             # Still held? By our own deadline, and by what the store says.
@@ -195,9 +201,9 @@ async def renewal(url: str, prefix: str, leases: int, ttl: float, rounds: int) -
                     held_in_store += 1
             done.set()
         emit(leases=leases, ttl=ttl, renew_interval=renew_interval, rounds=rounds, cpu=cpu,
-             wall=wall, calls=calls, held_locally=held_locally, held_in_store=held_in_store,
-             lost=len(lost), errors=len(errors), error_kinds=sorted(
-                 {e.split(":", 1)[0] for e in errors}), acquire_s=acquire_s,
+             wall=wall, round_cpu=round_cpu, calls=calls, held_locally=held_locally,
+             held_in_store=held_in_store, lost=len(lost), errors=len(errors),
+             error_kinds=sorted({e.split(":", 1)[0] for e in errors}), acquire_s=acquire_s,
              acquire_spread_s=spread)
 
 
