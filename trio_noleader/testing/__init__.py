@@ -50,14 +50,16 @@ from ._schedule import Timing as Timing
 
 if TYPE_CHECKING:
     from ._strategies import FAULT_KINDS as FAULT_KINDS
+    from ._strategies import LOSS_PROBABILITIES as LOSS_PROBABILITIES
     from ._strategies import schedules as schedules
     from ._strategies import timings as timings
 
-_STRATEGIES = ("FAULT_KINDS", "schedules", "timings")
+_STRATEGIES = ("FAULT_KINDS", "LOSS_PROBABILITIES", "schedules", "timings")
 
 __all__ = [
     "DEFAULT_KEY",
     "FAULT_KINDS",
+    "LOSS_PROBABILITIES",
     "Call",
     "Candidate",
     "Crash",

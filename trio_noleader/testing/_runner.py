@@ -40,7 +40,7 @@ __all__ = [
 DEFAULT_KEY = "sim/leader"
 
 #: Steps trio may take at one virtual instant before the run counts as a livelock.
-LIVELOCK_STEPS = 200_000
+LIVELOCK_STEPS = 20_000
 
 
 @dataclass
@@ -346,8 +346,9 @@ class Trace:
         renew_interval`` by some live candidate, there is a leader, and there stays
         one until the next fault.
 
-        A quiet window is a time with no fault in effect for anyone (a crash counts
-        as a fault at its instant) and at least one started, uncrashed candidate.
+        A quiet window is a time with no fault in effect for anyone (a crash, and a
+        candidate whose body returned, count as a fault at their instant) and at
+        least one started, uncrashed, unfinished candidate.
         The claim assumes that a leg of a call takes at most ``renew_interval / 10``
         and at most a quarter of the slack ``ttl - guard - renew_interval`` (else a
         renewal's reply may arrive after the deadline it was meant to extend); for
@@ -362,7 +363,8 @@ class Trace:
                for c in self.schedule.candidates):
             return
         window = timing.ttl + timing.renew_interval
-        disturbed = _closed_union([(s.start, s.end) for s in self.faults])
+        disturbed = _closed_union([(s.start, s.end) for s in self.faults]
+                                  + [(t, t) for t in self.finished.values()])
         quiet: list[tuple[float, float]] = []
         cursor = 0.0
         for start, end in disturbed:

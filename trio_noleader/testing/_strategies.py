@@ -29,12 +29,13 @@ from ._schedule import (
     Timing,
 )
 
-__all__ = ["FAULT_KINDS", "schedules", "timings"]
+__all__ = ["FAULT_KINDS", "LOSS_PROBABILITIES", "schedules", "timings"]
 
 #: Every kind of fault :func:`schedules` can put on a timeline.
 FAULT_KINDS: tuple[type[Fault], ...] = (Partition, Outage, Pause, Crash, Lossy, Slow)
 
-_PROBABILITIES = (1.0, 0.5, 0.0, 0.25)
+#: The loss probabilities a :class:`Lossy` fault draws from by default.
+LOSS_PROBABILITIES: tuple[float, ...] = (1.0, 0.5, 0.0, 0.25)
 
 
 def _ms(value: int) -> float:
@@ -100,7 +101,8 @@ def _candidate(draw: st.DrawFn, timing: Timing, modes: Sequence[Mode],
 
 @st.composite
 def _fault(draw: st.DrawFn, kinds: Sequence[type[Fault]], candidates: int, timing: Timing,
-           horizon_ms: int) -> Fault:
+           horizon_ms: int, request_loss: Sequence[float],
+           reply_loss: Sequence[float]) -> Fault:
     ttl_ms = round(timing.ttl * 1000)
     renew_ms = round(timing.renew_interval * 1000)
     kind = draw(st.sampled_from(list(kinds)))
@@ -116,8 +118,8 @@ def _fault(draw: st.DrawFn, kinds: Sequence[type[Fault]], candidates: int, timin
     if kind is Pause:
         return Pause(who, at, duration)
     if kind is Lossy:
-        return Lossy(who, at, duration, requests=draw(st.sampled_from(_PROBABILITIES)),
-                     replies=draw(st.sampled_from(_PROBABILITIES)))
+        return Lossy(who, at, duration, requests=draw(st.sampled_from(request_loss)),
+                     replies=draw(st.sampled_from(reply_loss)))
     if kind is Slow:
         latency = _ms(draw(st.integers(max(1, renew_ms // 2), 3 * renew_ms)))
         return Slow(who, at, duration, latency)
@@ -129,7 +131,9 @@ def schedules(draw: st.DrawFn, *, min_candidates: int = 1, max_candidates: int =
               modes: Collection[Mode] = MODES,
               faults: Collection[type[Fault]] = FAULT_KINDS, max_faults: int = 8,
               timing: st.SearchStrategy[Timing] | None = None, horizon: float = 3.0,
-              max_drift: float = 0.99) -> Schedule:
+              max_drift: float = 0.99,
+              request_loss: Sequence[float] = LOSS_PROBABILITIES,
+              reply_loss: Sequence[float] = LOSS_PROBABILITIES) -> Schedule:
     """Schedules of an election under faults: candidates, timing and a fault timeline.
 
     Example::
@@ -156,6 +160,9 @@ def schedules(draw: st.DrawFn, *, min_candidates: int = 1, max_candidates: int =
             ``max_drift * guard / ttl``; the library's guarantee holds below 1.
             Above 1 the schedules break the documented assumption (useful to see
             the safety check fail).
+        request_loss (Sequence[float]): The probabilities a :class:`Lossy` fault
+            draws for losing a request (shrinking towards the first).
+        reply_loss (Sequence[float]): Likewise for losing a write's reply.
 
     The run lasts until every fault has ended (and a slow link's requests have
     landed), plus two ``ttl + renew_interval`` windows, so that liveness is
@@ -166,6 +173,11 @@ def schedules(draw: st.DrawFn, *, min_candidates: int = 1, max_candidates: int =
                          f"{min_candidates}, {max_candidates}")
     if not modes:
         raise ValueError("modes must not be empty")
+    unknown = [kind for kind in faults if kind not in FAULT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown fault kinds {unknown}; use some of {FAULT_KINDS}")
+    if not request_loss or not reply_loss:
+        raise ValueError("request_loss and reply_loss must not be empty")
     drawn_timing = draw(timing if timing is not None else timings())
     count = draw(st.integers(min_candidates, max_candidates))
     candidates = tuple(draw(_candidate(drawn_timing, sorted(modes), max_drift))
@@ -176,7 +188,8 @@ def schedules(draw: st.DrawFn, *, min_candidates: int = 1, max_candidates: int =
     timeline: list[Fault] = []
     if faults and max_faults > 0:
         timeline = draw(st.lists(_fault(sorted(faults, key=FAULT_KINDS.index), count,
-                                        drawn_timing, horizon_ms),
+                                        drawn_timing, horizon_ms, list(request_loss),
+                                        list(reply_loss)),
                                  max_size=max_faults))
     timeline.sort(key=lambda f: (f.at, repr(f)))
     write_every = _ms(draw(st.just(max(1, renew_ms // 2))

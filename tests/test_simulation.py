@@ -1,0 +1,164 @@
+"""Property tests: the election under generated fault schedules, in virtual time.
+
+Each example is a :class:`~trio_noleader.testing.Schedule` (candidates, lease timing,
+a timeline of partitions, outages, pauses, crashes, lossy and slow links) played by
+:func:`~trio_noleader.testing.simulate` in a fresh ``trio.run`` on an autojump
+clock. The schedule's ``seed`` also seeds trio's scheduler, so a failure replays
+exactly and shrinks to a short, printable schedule: paste it into
+``simulate(...)`` to replay it.
+
+``HYPOTHESIS_PROFILE=thorough`` runs 10,000 schedules per property.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import event, given
+
+from trio_noleader.testing import (
+    Candidate,
+    Crash,
+    Latency,
+    Lossy,
+    Partition,
+    Pause,
+    Schedule,
+    Slow,
+    Timing,
+    Trace,
+    schedules,
+    simulate,
+)
+
+# Workaround for core bug 1 (see tests/test_simulation_regressions.py): the core's
+# per-call timeout raises trio.TooSlowError out of hold_leadership instead of
+# treating it as a transient failure. Giving every candidate a client-side
+# timeout just below renew_interval (as a real backend client has) keeps that
+# path out of the way so that the other properties can be explored. Remove it
+# once the core is fixed: the regression file runs without it.
+CALL_TIMEOUT = 0.9
+
+# Workaround for core bug 3 (see tests/test_simulation_regressions.py): after an
+# adoption, renew_loop retries a failed renewal at once instead of after its
+# backoff, so a link that loses every reply spins without virtual time moving.
+# Lossy faults here lose at most half of the replies; the regression file draws
+# certain loss too. Remove once the core is fixed.
+SCHEDULES = schedules(reply_loss=(0.5, 0.0, 0.25))
+
+
+def play(schedule: Schedule) -> Trace:
+    return simulate(schedule, call_timeout=CALL_TIMEOUT * schedule.timing.renew_interval)
+
+
+def play_noting(schedule: Schedule) -> Trace:
+    """Play inside @given, noting what happened for `--hypothesis-show-statistics`."""
+    trace = play(schedule)
+    late = [w for w in trace.fenced if w.held_for > 0]
+    event(f"terms: {min(len(trace.terms), 5)}{'+' if len(trace.terms) >= 5 else ''}")
+    if late:
+        event("a write was held by a pause")
+    if any(not w.accepted for w in late):
+        event("a stale write was rejected")
+    if any(w.result == "ok" and w.time > w.sent + 2 * schedule.timing.renew_interval
+           for w in trace.store_writes):
+        event("a write landed long after it was sent")
+    return trace
+
+
+@pytest.fixture(autouse=True)
+def _quiet_core_logging() -> Iterator[None]:
+    # Thousands of runs log retries and losses; pytest would keep every record.
+    logger = logging.getLogger("trio_noleader")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@given(SCHEDULES)
+def test_safety(schedule: Schedule) -> None:
+    """Never two un-cancelled leader bodies at one instant (drift within guard/ttl)."""
+    play_noting(schedule).check_safety()
+
+
+@given(SCHEDULES)
+def test_fencing(schedule: Schedule) -> None:
+    """Tokens increase across terms; stale writes are rejected; none is lost."""
+    play_noting(schedule).check_fencing()
+
+
+@given(schedules(faults=(Pause, Partition, Crash), max_candidates=4))
+def test_fencing_under_pauses(schedule: Schedule) -> None:
+    """The GC-pause case, drawn more often: writes held by a pause arrive late."""
+    play_noting(schedule).check_fencing()
+
+
+@given(SCHEDULES)
+def test_liveness(schedule: Schedule) -> None:
+    """After ttl + renew_interval without faults there is a leader, until the next fault."""
+    play_noting(schedule).check_liveness()
+
+
+@given(SCHEDULES)
+def test_hygiene(schedule: Schedule) -> None:
+    """Nobody deletes or overwrites a lease it does not hold; no undocumented
+    exception escapes; no task is left running; shutdown is bounded."""
+    trace = play_noting(schedule)
+    trace.check_hygiene()
+    trace.check_clean()
+
+
+# -- the properties are not vacuous: hand-made schedules that exercise them ---------
+
+TIMING = Timing(ttl=10.0, renew_interval=3.333, guard=1.0)
+
+
+def test_a_paused_leaders_write_arrives_late_and_is_rejected() -> None:
+    # c0 leads, then pauses for 3 ttl: its body is cancelled at its deadline, c1
+    # takes over and writes; at the resume c0's write issued during the pause
+    # arrives with token 1 and is rejected.
+    schedule = Schedule(TIMING, (Candidate(), Candidate(start=0.5)),
+                        (Pause(candidate=0, at=5.5, duration=30.0),),
+                        write_every=1.0, run_until=60.0)
+    trace = play(schedule)
+    trace.check_all()
+    (c0, c1) = trace.terms
+    assert (c0.name, c0.token, c1.name) == ("c0", 1, "c1")
+    assert c1.token > c0.token
+    assert c0.end is not None
+    assert c0.end < c1.start < 35.5
+    late = [w for w in trace.fenced if w.held_for > 0]
+    assert [(w.writer, w.token, w.accepted, w.issued, w.time) for w in late] == [
+        ("c0", 1, False, 6.0, 35.5)]
+
+
+def test_a_write_landing_after_its_sender_gave_up_is_resolved() -> None:
+    # A slow link makes c0's renewals time out while they are still in flight;
+    # they land later and c0 must adopt, not guess.
+    schedule = Schedule(TIMING, (Candidate(), Candidate(start=0.5)),
+                        (Slow(candidate=0, at=2.0, duration=8.0, latency=2.5),),
+                        write_every=1.0, run_until=60.0)
+    trace = play(schedule)
+    trace.check_all()
+    landed_late = [w for w in trace.store_writes
+                   if w.candidate == "c0" and w.result == "ok" and w.time - w.sent >= 2.5]
+    assert landed_late
+
+
+def test_lost_replies_and_crash_then_liveness() -> None:
+    schedule = Schedule(
+        TIMING,
+        (Candidate("run"), Candidate("poll", latency=Latency(0.01, 0.03)), Candidate()),
+        (Lossy(candidate=0, at=0.0, duration=5.0, requests=0.5, replies=1.0),
+         Crash(candidate=0, at=12.0)),
+        write_every=1.0, run_until=60.0)
+    trace = play(schedule)
+    trace.check_all()
+    assert trace.crashed == {0: 12.0}
+    # Someone leads again within ttl + renew_interval of the crash.
+    assert trace.leaders_at(12.0 + TIMING.ttl + TIMING.renew_interval)
