@@ -293,6 +293,17 @@ async def test_watch_starts_with_the_current_state(store: NatsBackend) -> None:
                 assert await next_item(updates) == first
 
 
+async def test_closed_watches_leave_no_consumers(store: NatsBackend) -> None:
+    # Each waiting campaign opens a watch; a stream takes at most 1,000 consumers by
+    # default, so closed watches must not leave theirs behind for the server to reap.
+    for _ in range(30):
+        async with store.watch("k") as updates:
+            assert await anext(updates) is None
+    info = await trio_asyncio.aio_as_trio(store._js.stream_info, loop=store.loop)(
+        store._stream)
+    assert info.state.consumer_count == 0
+
+
 async def test_watch_survives_cancellation_and_moves_between_tasks(store: NatsBackend
                                                                    ) -> None:
     async def relay(updates: AsyncIterator[Entry | None]) -> AsyncGenerator[Entry | None, None]:

@@ -547,9 +547,21 @@ class _Updates:
             return
         with trio.move_on_after(REQUEST_TIMEOUT, shield=True):
             try:
-                await trio_asyncio.aio_as_trio(self._watcher.stop, loop=self._backend.loop)()
+                await trio_asyncio.aio_as_trio(self._aio_stop, loop=self._backend.loop)()
             except (*_TRANSIENT, asyncio.CancelledError) as exc:
                 logger.debug("stopping a watcher of %s: %s", self._key, exc)
+
+    async def _aio_stop(self) -> None:
+        await self._watcher.stop()
+        # Every campaign that waits opens a watch. Left to the server, a closed
+        # watch's consumer lingers for WATCH_INACTIVE_THRESHOLD, and a stream takes
+        # at most 1,000 consumers by default (nats-server 2.15): many candidates
+        # churning would run out. Delete it now; the threshold is the backstop.
+        sub = getattr(self._watcher, "_sub", None)
+        stream, consumer = getattr(sub, "_stream", None), getattr(sub, "_consumer", None)
+        if stream and consumer:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self._backend._js.delete_consumer(stream, consumer)
 
 
 # -- opening --------------------------------------------------------------------
