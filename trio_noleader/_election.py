@@ -146,7 +146,7 @@ class _Campaign:
         try:
             with trio.fail_after(max(self.renew_interval, 0.001)):
                 return await fn()
-        except TimeoutError as exc:
+        except trio.TooSlowError as exc:
             raise BackendUnavailable(
                 f"store call on {self.key!r} took longer than {self.renew_interval:.3g} s"
             ) from exc
@@ -154,8 +154,9 @@ class _Campaign:
     def _adopt(self, entry: Entry) -> None:
         """Our candidate id is in the store: the lease is ours at that revision."""
         _, token = decode_value(entry.value, entry.revision)
-        if self.token == 0:
-            self.token = token if token is not None else entry.revision
+        # The entry holds our id, so its value is what we wrote: its token is this
+        # term's (a campaign that lost a lease and re-created it has a new one).
+        self.token = token if token is not None else entry.revision
         if entry.revision != self.revision:
             # Written by one of our unresolved writes: its TTL runs from no earlier
             # than the earliest of those was sent. (At our last known revision, the
@@ -248,8 +249,11 @@ class _Campaign:
 
     # -- term --------------------------------------------------------------------
 
-    async def renew_once(self) -> None:
-        """One renewal. Raises ``_Lost`` or ``BackendUnavailable``."""
+    async def renew_once(self) -> bool:
+        """One renewal: True if it was applied, False if we only adopted our entry.
+
+        Raises ``_Lost`` or ``BackendUnavailable``.
+        """
         sent = trio.current_time()
         earlier = self.unresolved
         self.unresolved = sent if earlier is None else earlier
@@ -266,7 +270,7 @@ class _Campaign:
             if self._ours(entry):
                 assert entry is not None
                 self._adopt(entry)
-                return
+                return False
             if entry is None:
                 raise _Lost("the lease expired or was deleted in the store") from None
             info = decode_value(entry.value, entry.revision)[0]
@@ -276,16 +280,19 @@ class _Campaign:
         self.base = sent
         self.unresolved = None
         self.renew_now = False
+        return True
 
     async def renew_loop(self, lead: Leadership) -> None:
         """The sibling task: keep the lease, move the body's deadline, or cancel it."""
         backoff = _Backoff(self.renew_interval / 10, self.renew_interval / 2)
         retry_at: float | None = None
         while True:
-            if self.renew_now:
-                wake = trio.current_time()
-            elif retry_at is not None:
+            # A pending retry's backoff wins over an adoption's "renew now": a link
+            # that loses every reply must not turn into a hot loop.
+            if retry_at is not None:
                 wake = retry_at
+            elif self.renew_now:
+                wake = trio.current_time()
             else:
                 wake = self.base + self.renew_interval
             await trio.sleep_until(min(wake, self.deadline))
@@ -296,7 +303,7 @@ class _Campaign:
                 lead._lose(reason)
                 return
             try:
-                await self.renew_once()
+                applied = await self.renew_once()
             except _Lost as exc:
                 lead._lose(str(exc))
                 return
@@ -309,9 +316,10 @@ class _Campaign:
                                self.key, exc, delay)
                 continue
             retry_at = None
-            self.failures = 0
-            self.last_error = None
-            backoff.reset()
+            if applied:
+                self.failures = 0
+                self.last_error = None
+                backoff.reset()
             if not lead.cancel_scope.cancel_called:
                 lead.cancel_scope.deadline = self.deadline
             logger.debug("renewed %s (token %d, revision %d)", self.key, self.token,
