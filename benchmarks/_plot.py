@@ -19,7 +19,8 @@ def plot(results: dict[str, Any], path: Path, title: str) -> str:
     import matplotlib.pyplot as plt
 
     handover = results.get("handover", {}).get("samples", {})
-    failover = results.get("failover", {}).get("groups", {})
+    failover = {**results.get("failover", {}).get("raw_expiry", {}),
+                **results.get("failover", {}).get("groups", {})}
     if not handover and not failover:
         return "no plot: neither handover nor failover ran"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
@@ -52,7 +53,8 @@ def plot(results: dict[str, Any], path: Path, title: str) -> str:
         right.scatter([i + rng.uniform(-0.15, 0.15) for _ in late], late, s=10, alpha=0.6)
     right.axhline(0, color="grey", lw=0.8)
     right.axhline(500, color="red", lw=0.8, ls="--", label="target: ttl + 0.5 s")
-    right.set_xticks(range(len(names)), names, rotation=20, fontsize="small")
+    right.set_xticks(range(len(names)), [n.replace(" ttl=", "\nttl=") for n in names],
+                     fontsize="x-small")
     right.set_ylabel("failover - ttl (ms)")
     right.set_title("Crash failover (SIGKILL)")
     right.grid(True, axis="y", alpha=0.3)

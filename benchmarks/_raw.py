@@ -5,6 +5,7 @@ imported here::
 
     python -m benchmarks._raw handover URL BUCKET TRIALS SETTLE
     python -m benchmarks._raw nats-cas URL BUCKET CALLS WARMUP TTL
+    python -m benchmarks._raw expiry URL BUCKET TRIALS TTL[,TTL...]
     python -m benchmarks._raw sqlite-cas PATH CALLS WARMUP TTL
 
 Each prints one JSON object on stdout: ``samples`` (seconds per trial or call),
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import sqlite3
 import sys
 import time
@@ -134,6 +136,55 @@ async def raw_nats_cas(url: str, bucket: str, calls: int, warmup: int,
         await nc.close()
 
 
+async def raw_expiry(url: str, bucket: str, trials: int, ttls: list[int]) -> dict[str, Any]:
+    """How late after its TTL the store lets a waiter take a key over, with no renewals.
+
+    Per trial: one connection writes a key with a TTL (a compare-and-set create)
+    and never renews it, as a killed leader would; another connection watches the
+    key, and when the expiry marker arrives writes over it (a compare-and-set on the
+    marker's revision). Reported per ttl: from the send of the first write to the
+    acknowledgement of the takeover, in seconds, the ttl included. Trials of all
+    ttls run at once, each starting at a random time within the first second.
+    """
+    import nats
+
+    writer, taker = await nats.connect(url), await nats.connect(url)
+    try:
+        await _kv(writer, bucket)
+        kv = await taker.jetstream().key_value(bucket)
+        wjs, tjs = writer.jetstream(), taker.jetstream()
+        prefix = f"raw-expiry-{os.getpid()}"
+
+        rng = random.Random()
+
+        async def one(ttl: int, i: int) -> float:
+            # At a random phase: the server finds expired messages on a timer.
+            await asyncio.sleep(rng.uniform(0, 1))
+            key = f"{prefix}-{ttl}-{i}"
+            subject = f"$KV.{bucket}.{key}"
+            watcher: Any = await kv.watch(key)
+            try:
+                sent = time.perf_counter()
+                await publish_cas(wjs, subject, b"leader", 0, ttl)
+                async for entry in watcher:
+                    if entry is not None and entry.operation in ("DEL", "PURGE"):
+                        await publish_cas(tjs, subject, b"taker", entry.revision, ttl)
+                        return time.perf_counter() - sent
+                raise RuntimeError("the watch ended before the key expired")
+            finally:
+                await watcher.stop()
+
+        jobs = [(ttl, i) for ttl in ttls for i in range(trials)]
+        times = await asyncio.gather(*(one(ttl, i) for ttl, i in jobs))
+        result: dict[str, list[float]] = {str(ttl): [] for ttl in ttls}
+        for (ttl, _), elapsed in zip(jobs, times, strict=True):
+            result[str(ttl)].append(elapsed)
+        return {"samples": result}
+    finally:
+        await writer.close()
+        await taker.close()
+
+
 def raw_sqlite_cas(path: str, calls: int, warmup: int, ttl: float) -> dict[str, Any]:
     """The SQLite backend's renewal transaction, written directly against sqlite3.
 
@@ -197,6 +248,10 @@ def main(argv: list[str]) -> int:
     elif role == "nats-cas":
         url, bucket, calls, warmup, ttl = args
         result = asyncio.run(raw_nats_cas(url, bucket, int(calls), int(warmup), int(ttl)))
+    elif role == "expiry":
+        url, bucket, trials, ttls = args
+        result = asyncio.run(raw_expiry(url, bucket, int(trials),
+                                        [int(t) for t in ttls.split(",")]))
     elif role == "sqlite-cas":
         path, calls, warmup, ttl = args
         result = raw_sqlite_cas(path, int(calls), int(warmup), float(ttl))
