@@ -221,7 +221,8 @@ async def contention(url: str, key: str, tasks: int, ttl: float, hold: float,
     body (the end taken before the lease is released) and the fencing token.
     """
     warnings = WarningCounter.install(key)
-    async with trio_noleader.open_backend(url) as backend:
+    async with trio_noleader.open_backend(url) as inner:
+        backend = CountingBackend(inner)
         emit(event="ready")
         if not await wait_for_stdin_line():
             return
@@ -255,7 +256,7 @@ async def contention(url: str, key: str, tasks: int, ttl: float, hold: float,
                 for j in range(tasks):
                     nursery.start_soon(one, j)
         emit(event="done", terms=terms, lost=lost, cpu=cpu_seconds() - cpu0,
-             warnings=dict(warnings.counts))
+             warnings=dict(warnings.counts), calls=backend.calls)
 
 
 # -- bridge overhead ------------------------------------------------------------------

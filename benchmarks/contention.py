@@ -59,8 +59,12 @@ async def _one(env: Env, backend: str, url: str, duration: float) -> dict[str, A
     for d in done:
         for text, count in d["warnings"].items():
             warnings[text] = warnings.get(text, 0) + count
+    calls: dict[str, int] = {}
+    for d in done:
+        for op, count in d["calls"].items():
+            calls[op] = calls.get(op, 0) + count
     return {"terms": terms, "lost": sum(d["lost"] for d in done),
-            "cpu": [d["cpu"] for d in done], "warnings": warnings}
+            "cpu": [d["cpu"] for d in done], "warnings": warnings, "calls": calls}
 
 
 def analyse(terms: list[dict[str, Any]]) -> dict[str, Any]:
@@ -95,7 +99,8 @@ def run(env: Env) -> dict[str, Any]:
                      f"{duration:g} s")
         raw = trio.run(_one, env, name, url, duration)
         summary = analyse(raw["terms"])
-        summary.update(lost=raw["lost"], cpu=raw["cpu"], warnings=raw["warnings"])
+        summary.update(lost=raw["lost"], cpu=raw["cpu"], warnings=raw["warnings"],
+                       calls=raw["calls"])
         result["backends"][name] = summary
     return result
 
@@ -106,17 +111,21 @@ def table(results: dict[str, Any]) -> Table:
               f"candidates in {result['processes']} processes on one key, leader resigns "
               f"every {result['hold'] * 1e3:g} ms, {result['duration']:g} s (handover ms)",
               ["case", "terms", "overlaps", "token inversions", "p50", "p99", "max",
-               "p50 / uncontended", "distinct leaders", "CPU s", "library warnings"])
+               "p50 / uncontended", "distinct leaders", "CPU s", "store calls/term",
+               "library warnings"])
     uncontended = results.get("handover", {}).get("samples", {})
     for name, summary in result["backends"].items():
         d = Dist.of(summary["gaps"]).scaled(1e3)
         base = Dist.of(uncontended.get(name, [])).scaled(1e3)
         t.add(name, summary["terms"], summary["overlaps"], summary["token_inversions"],
               d.p50, d.p99, d.max, times(ratio(d.p50, base.p50), 1), summary["holders"],
-              sum(summary["cpu"]), sum(summary["warnings"].values()))
+              sum(summary["cpu"]),
+              sum(summary["calls"].values()) / max(summary["terms"], 1),
+              sum(summary["warnings"].values()))
         for text, count in sorted(summary["warnings"].items(), key=lambda kv: -kv[1])[:3]:
             t.note(f"{name}: {count} x {text}")
-    t.note("CPU s = the candidate processes' CPU time over the run, summed")
+    t.note("CPU s = the candidate processes' CPU time over the run, summed; store calls "
+           "= create, update, get, delete and watch calls of all candidates")
     t.note("overlap = a body started before the previous one ended (never more than one "
            "leader means 0); uncontended = scenario 1, same backend (there the next "
            "candidate is in another process or connection; here some are in the "

@@ -11,7 +11,10 @@ leader. Reported as ``failover - ttl`` and ``failover / ttl``.
 Expected: the store drops the lease ``ttl`` after the last renewal it applied,
 and that renewal came at most ``renew_interval = ttl/3`` before the kill, so a
 failover lies in ``(ttl - ttl/3, ttl]`` plus the store's expiry notice and one
-create. The groups run concurrently (their processes are idle between renewals).
+create. The groups run concurrently (their processes are idle between renewals),
+but start their processes one at a time: a Python start-up takes a core for a
+while, and a ttl=1 leader starved of CPU past its guard would lose its lease (a
+lease lost before the kill is counted, not timed).
 
 Baseline, same run (NATS): :func:`benchmarks._raw.raw_expiry`, plain nats-py on
 asyncio: a key written with the same ttl and never renewed, taken over by a second
@@ -40,35 +43,42 @@ TARGET_SLACK = 0.5
 
 
 async def _group(env: Env, backend: str, url: str, ttl: float, trials: int, seed: int,
-                 out: dict[str, Any]) -> None:
+                 spawn: trio.Lock, out: dict[str, Any]) -> None:
     rng = random.Random(seed)
     key = f"bench/failover/{backend}-{ttl:g}-{uuid.uuid4().hex[:8]}"
     renew_interval = ttl / 3
     logdir: Path = env.logdir
     samples: list[float] = []
     out["samples"] = samples
+    out["lost_before_kill"] = 0
     workers: list[Worker] = []
-    try:
-        leader = await Worker.start(f"failover-{backend}-{ttl:g}-0", "candidate", url, key, ttl,
-                                    logdir=logdir)
-        workers.append(leader)
-        with trio.fail_after(30):
-            await leader.wait_event("start")
-        for i in range(1, trials + 1):
-            standby = await Worker.start(f"failover-{backend}-{ttl:g}-{i}", "candidate", url,
-                                         key, ttl, logdir=logdir)
-            workers.append(standby)
+
+    async def start(n: int, event: str) -> Worker:
+        # One start-up at a time across all groups: a python start-up takes a core
+        # for a while, and a leader starved of CPU beyond its guard loses its lease.
+        async with spawn:
+            worker = await Worker.start(f"failover-{backend}-{ttl:g}-{n}", "candidate", url,
+                                        key, ttl, logdir=logdir)
+            workers.append(worker)
             with trio.fail_after(30):
-                await standby.wait_event("campaign")
+                await worker.wait_event(event)
+        return worker
+
+    try:
+        leader = await start(0, "start")
+        for i in range(1, trials + 1):
+            standby = await start(i, "campaign")
             await trio.sleep(STANDBY_SETTLE + rng.uniform(0, renew_interval))
             killed_at = time.monotonic()
             leader.kill()
             with trio.fail_after(ttl + 15):
                 started = await standby.wait_event("start")
             if started["t"] < killed_at:
-                raise RuntimeError(f"{backend} ttl {ttl:g}: the standby led before the "
-                                   "leader was killed")
-            samples.append(started["t"] - killed_at)
+                # The leader lost its lease before the kill (its renewals were late,
+                # and its own deadline stopped it): no failover to time. Counted.
+                out["lost_before_kill"] += 1
+            else:
+                samples.append(started["t"] - killed_at)
             await leader.aclose()
             leader = standby
     finally:
@@ -79,13 +89,15 @@ async def _group(env: Env, backend: str, url: str, ttl: float, trials: int, seed
 async def _all(env: Env, groups: list[tuple[str, str, float]], trials: int,
                results: dict[str, dict[str, Any]]) -> None:
     longest = max(ttl for _, _, ttl in groups)
+    spawn = trio.Lock()
     # Bounded: per trial a start-up, a settle, a phase and a ttl, with room to spare.
     with trio.fail_after(60 + trials * (longest * 2 + 10)):
         async with trio.open_nursery() as nursery:
             for n, (backend, url, ttl) in enumerate(groups):
                 slot: dict[str, Any] = {"backend": backend, "ttl": ttl}
                 results[f"{backend} ttl={ttl:g}"] = slot
-                nursery.start_soon(_group, env, backend, url, ttl, trials, env.seed + n, slot)
+                nursery.start_soon(_group, env, backend, url, ttl, trials, env.seed + n,
+                                   spawn, slot)
 
 
 def run(env: Env) -> dict[str, Any]:
@@ -126,6 +138,8 @@ def table(results: dict[str, Any]) -> Table:
         if name not in raw:
             met = late.max < TARGET_SLACK * 1e3
             target = f"< ttl + {TARGET_SLACK:g} s: {'met' if met else 'MISSED'}"
+            if group.get("lost_before_kill"):
+                target += f"; {group['lost_before_kill']} lost the lease before the kill"
         t.add(name, late.n, late.p50, late.p99, late.max, f"{rel.p50:.3f}",
               f"{rel.p99:.3f}", f"{rel.max:.3f}", target)
     if raw:
