@@ -99,6 +99,19 @@ WATCH_INACTIVE_THRESHOLD = 15.0
 
 DEFAULT_BUCKET = "noleader"
 
+#: The longest bucket name: its stream, ``KV_<bucket>``, may have 255 characters.
+MAX_BUCKET_LENGTH = 252
+
+#: The longest lease TTL in seconds. nats-server (2.15) drops a message at once when
+#: its ``Nats-TTL`` overflows the server's nanosecond clock arithmetic (from about
+#: 9.2e9 s less the current Unix time): such a lease would vanish from the store
+#: while its holder's deadline lay centuries ahead.
+MAX_TTL = 10**9
+
+#: Bytes a bucket must accept in one message (``max_msg_size``): a renewal is 24
+#: bytes of value and about 95 of headers, a release about 90 of headers.
+MIN_MSG_SIZE = 256
+
 _BUCKET_RE = re.compile(r"[a-zA-Z0-9_-]+")
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 
@@ -178,10 +191,31 @@ def _check_bucket_name(bucket: object) -> str:
         raise TypeError(f"bucket must be a str, got {type(bucket).__name__}: {bucket!r:.80}")
     if not _BUCKET_RE.fullmatch(bucket):
         raise ValueError(
-            f"invalid bucket name {bucket!r}: NATS KV bucket names are 1 or more of the "
+            f"invalid bucket name {bucket!r:.80}: NATS KV bucket names are 1 or more of the "
             "characters A-Z a-z 0-9 _ -"
         )
+    if len(bucket) > MAX_BUCKET_LENGTH:
+        raise ValueError(
+            f"bucket name {bucket[:40]!r}... is {len(bucket)} characters long; NATS KV "
+            f"bucket names are at most {MAX_BUCKET_LENGTH} characters (the stream name "
+            "KV_<bucket> at most 255)")
     return bucket
+
+
+def _check_key(key: object) -> str:
+    """:func:`check_key`, and the rule NATS adds: a subject has no empty token.
+
+    ``"a..b"`` passes the common key rule, but the server never stores a message on
+    such a subject: refuse it here, before any I/O, rather than let every write
+    fail like an outage.
+    """
+    check_key(key)
+    assert isinstance(key, str)
+    if ".." in key:
+        raise ValueError(
+            f"invalid key {key!r:.80}: NATS subjects have no empty tokens, so a key on "
+            "NATS has no '..' (two dots in a row)")
+    return key
 
 
 async def _js_api(nc: Any, subject: str, payload: Mapping[str, Any] | None = None
@@ -385,6 +419,11 @@ class NatsBackend(Backend):
             raise ValueError(
                 f"ttl={ttl!r}: NATS per-message TTLs are whole seconds, at least 1 "
                 "(use ttl=1, 2, 15, ...)")
+        if ttl > MAX_TTL:
+            raise ValueError(
+                f"ttl={ttl!r}: NATS per-message TTLs are whole seconds, at least 1 and at "
+                f"most {MAX_TTL} (nats-server drops a message with a much longer TTL at "
+                "once, while its holder would lead on)")
         if self.max_age and ttl > self.max_age:
             raise ValueError(
                 f"ttl={ttl!r} is longer than the max age of bucket {self.bucket!r} "
@@ -392,7 +431,7 @@ class NatsBackend(Backend):
                 "holder's deadline; use a ttl <= max age, or a bucket with max age 0")
 
     async def create(self, key: str, value: bytes, *, ttl: float) -> int:
-        check_key(key)
+        _check_key(key)
         self.check_ttl(ttl)
         revision = await self._call(f"create {key!r}", self._aio_create, key, bytes(value),
                                     ttl)
@@ -400,7 +439,7 @@ class NatsBackend(Backend):
         return revision
 
     async def update(self, key: str, value: bytes, *, revision: int, ttl: float) -> int:
-        check_key(key)
+        _check_key(key)
         self.check_ttl(ttl)
         new_revision = await self._call(f"update {key!r}", self._aio_cas, key, bytes(value),
                                         revision, ttl)
@@ -408,7 +447,7 @@ class NatsBackend(Backend):
         return new_revision
 
     async def get(self, key: str) -> Entry | None:
-        check_key(key)
+        _check_key(key)
         msg = await self._call(f"get {key!r}", self._aio_last, key)
         if msg is None or _is_absent(msg.headers):
             return None
@@ -431,7 +470,7 @@ class NatsBackend(Backend):
         return max(0.0, min(limits) - age)
 
     async def delete(self, key: str, *, revision: int) -> None:
-        check_key(key)
+        _check_key(key)
         await self._call(f"delete {key!r}", self._aio_cas, key, b"", revision, None,
                          {_KV_OPERATION: "DEL"})
         self._values.pop((key, revision), None)
@@ -440,7 +479,7 @@ class NatsBackend(Backend):
         return await self._call("list keys", self._aio_keys)
 
     def watch(self, key: str) -> AbstractAsyncContextManager[AsyncIterator[Entry | None]]:
-        check_key(key)
+        _check_key(key)
         return self._watch(key)
 
     @asynccontextmanager
@@ -729,6 +768,13 @@ async def _aio_adapt_bucket(nc: Any, address: str, bucket: str,
     if config.get("max_msgs_per_subject", 0) < 1:
         raise BackendUnavailable(
             f"stream KV_{bucket} at {address} is not a KV bucket (no per-key history limit)")
+    max_msg_size = config.get("max_msg_size", -1)
+    if 0 < max_msg_size < MIN_MSG_SIZE:
+        # Every write would be refused, and a campaign would take that for an outage.
+        raise BackendUnavailable(
+            f"bucket {bucket!r} at {address} accepts messages of at most {max_msg_size} "
+            f"bytes (max_msg_size, a KV bucket's max value size); a lease needs "
+            f"{MIN_MSG_SIZE} with its headers: raise it or use another bucket")
     changes = []
     if not config.get("allow_msg_ttl"):
         config["allow_msg_ttl"] = True
@@ -751,13 +797,17 @@ async def _aio_adapt_bucket(nc: Any, address: str, bucket: str,
     return max_age
 
 
-def _server_list(servers: str | Sequence[str]) -> list[str]:
+def _server_list(servers: object) -> list[str]:
     if isinstance(servers, str):
         result = [s.strip() for s in servers.split(",") if s.strip()]
+    elif (isinstance(servers, Sequence) and not isinstance(servers, bytes | bytearray)
+          and all(isinstance(s, str) for s in servers)):
+        result = [s.strip() for s in servers if s.strip()]
     else:
-        result = [str(s) for s in servers]
+        raise TypeError(f"servers must be a str or a list of str, got "
+                        f"{type(servers).__name__}: {servers!r:.80}")
     if not result:
-        raise ValueError(f"servers must name at least one NATS server, got {servers!r}")
+        raise ValueError(f"servers must name at least one NATS server, got {servers!r:.80}")
     return result
 
 
@@ -905,10 +955,12 @@ def parse_nats_url(url: str) -> tuple[list[str], str, dict[str, Any]]:
         servers.append(f"{scheme}://{f'[{name}]' if ':' in name else name}:{port}")
     path = unquote(parts.path.strip("/"))
     bucket = path or DEFAULT_BUCKET
-    if not _BUCKET_RE.fullmatch(bucket):
+    try:
+        _check_bucket_name(bucket)
+    except ValueError as exc:
         raise ValueError(
-            f"NATS URL {shown!r}: the path must be a bucket name "
-            "(A-Z a-z 0-9 _ -), like nats://host:4222/noleader")
+            f"NATS URL {shown!r:.120}: the path must be a bucket name, like "
+            f"nats://host:4222/noleader: {exc}") from None
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name == "replicas":
             try:
