@@ -25,6 +25,7 @@ from trio_noleader.testing import (
     Lossy,
     Partition,
     Pause,
+    Restart,
     Schedule,
     Slow,
     Timing,
@@ -86,6 +87,14 @@ def test_safety(schedule: Schedule) -> None:
     play_noting(schedule).check_safety()
 
 
+@given(schedules(max_candidates=3, faults=(Partition, Pause, Lossy, Slow),
+                 reply_loss=(0.5, 0.0, 0.25)))
+def test_safety_when_the_leader_is_cut_off(schedule: Schedule) -> None:
+    """Smaller schedules whose faults mostly cut a leader off while others can take
+    over: the case the guard and the deadline exist for, drawn more often."""
+    play_noting(schedule).check_safety()
+
+
 @given(SCHEDULES)
 def test_fencing(schedule: Schedule) -> None:
     """Tokens increase across terms; stale writes are rejected; none is lost."""
@@ -102,6 +111,13 @@ def test_fencing_under_pauses(schedule: Schedule) -> None:
 def test_liveness(schedule: Schedule) -> None:
     """After ttl + renew_interval without faults there is a leader, until the next fault."""
     play_noting(schedule).check_liveness()
+
+
+@given(SCHEDULES)
+def test_handover(schedule: Schedule) -> None:
+    """A leader that steps down gracefully releases at once: someone else (or it,
+    back from a restart) leads within renew_interval / 2 plus a few latencies."""
+    play_noting(schedule).check_handover()
 
 
 @given(SCHEDULES)
@@ -162,3 +178,19 @@ def test_lost_replies_and_crash_then_liveness() -> None:
     assert trace.crashed == {0: 12.0}
     # Someone leads again within ttl + renew_interval of the crash.
     assert trace.leaders_at(12.0 + TIMING.ttl + TIMING.renew_interval)
+
+
+def test_a_leader_that_steps_down_is_replaced_at_once() -> None:
+    schedule = Schedule(
+        TIMING,
+        (Candidate(latency=Latency(0.01, 0.02)), Candidate("run", start=0.5),
+         Candidate("poll", start=0.5)),
+        (Restart(candidate=0, at=20.0, duration=30.0),),
+        write_every=1.0, run_until=60.0)
+    trace = play(schedule)
+    trace.check_all()
+    first, second = trace.terms
+    assert (first.name, first.end) == ("c0", 20.0)
+    assert second.name != "c0"
+    # Released by c0 (two legs at most), seen through a watch or a poll.
+    assert second.start - 20.0 <= TIMING.renew_interval / 2 + 0.05

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 import trio_noleader.testing as toolkit
 from trio_noleader import BackendUnavailable, MemoryBackend, _election, hold_leadership
 from trio_noleader.testing import (
+    LEADER,
     Candidate,
     Crash,
     FaultSpan,
@@ -28,6 +29,7 @@ from trio_noleader.testing import (
     Outage,
     Partition,
     Pause,
+    Restart,
     Schedule,
     Slow,
     StoreSwitch,
@@ -312,6 +314,33 @@ def test_faults_are_played_and_ended() -> None:
                             FaultSpan("lossy", 1, 20.0, 40.0)]
 
 
+def test_a_leader_targeted_fault_hits_whoever_leads_then() -> None:
+    schedule = Schedule(TIMING, (Candidate(start=0.5), Candidate(), Candidate(start=0.5)),
+                        (Partition(candidate=LEADER, at=2.0, duration=20.0),
+                         Crash(candidate=LEADER, at=30.0)),
+                        run_until=80.0)
+    trace = simulate(schedule)
+    trace.check_all()
+    partition, crash = trace.faults
+    assert (partition.kind, partition.candidate) == ("partition", 1)  # c1 started first
+    # Whoever took over from c1 is the one that crashes at 30.
+    (taker,) = [t for t in trace.terms if t.start < 30.0 < (t.end or math.inf) + 1e-9]
+    assert (crash.kind, crash.candidate) == ("crash", taker.candidate)
+    assert taker.candidate != 1
+    assert "whoever leads" in schedule.describe()
+
+
+def test_a_restart_stops_gracefully_and_comes_back() -> None:
+    schedule = Schedule(TIMING, (Candidate(),), (Restart(candidate=0, at=5.0, duration=2.0),),
+                        run_until=30.0)
+    trace = simulate(schedule)
+    trace.check_all()
+    assert [(t.start, t.end) for t in trace.terms] == [(0.0, 5.0), (7.0, 30.0)]
+    assert trace.terms[1].token > trace.terms[0].token
+    deletes = [w for w in trace.store_writes if w.op == "delete"]
+    assert [(w.time, w.result) for w in deletes] == [(5.0, "ok"), (30.0, "ok")]
+
+
 # -- the checks fail when they should ---------------------------------------------------
 
 def _trace(*terms: Term, end: float = 100.0) -> Trace:
@@ -425,6 +454,39 @@ def test_mutation_candidates_stop_watching_for_vacancy(monkeypatch: pytest.Monke
     monkeypatch.setattr(_election._Campaign, "_await_vacancy", doze)
     with pytest.raises(AssertionError, match="no leader"):
         simulate(schedule).check_liveness()
+
+
+def test_mutation_leaving_does_not_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    schedule = Schedule(TIMING, (Candidate(), Candidate(start=0.5)),
+                        (Restart(candidate=0, at=20.0, duration=30.0),), run_until=60.0)
+    simulate(schedule).check_handover()
+
+    async def keep(self: _election._Campaign) -> None:
+        await trio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(_election._Campaign, "release", keep)
+    with pytest.raises(AssertionError, match="nobody took over"):
+        simulate(schedule).check_handover()
+
+
+def test_mutation_enter_the_body_without_renewing_a_late_acquisition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # c0's create lands but its reply is lost, then c0 is paused: it resolves the
+    # create (and adopts the lease) five seconds after sending it.
+    schedule = Schedule(TIMING, (Candidate(),),
+                        (Lossy(candidate=0, at=0.0, duration=0.05, requests=0.0, replies=1.0),
+                         Pause(candidate=0, at=0.05, duration=5.0)),
+                        run_until=30.0)
+    simulate(schedule, call_timeout=3.0).check_safety()
+
+    async def enter_at_once(self: _election._Campaign) -> None:
+        self.renew_now = False
+        await trio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(_election._Campaign, "_make_safe", enter_at_once)
+    with pytest.raises(AssertionError, match="left before its deadline"):
+        simulate(schedule, call_timeout=3.0).check_safety()
 
 
 def test_mutation_leak_a_task(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ virtual time. See README.rst, "Testing your leader code".
 - :class:`FencedResource` is a downstream system that rejects stale tokens.
 - :class:`Schedule` (with :class:`Timing`, :class:`Candidate`, the faults
   :class:`Partition`, :class:`Outage`, :class:`Pause`, :class:`Crash`,
-  :class:`Lossy`, :class:`Slow`) describes a run; :func:`schedules` and
+  :class:`Restart`, :class:`Lossy`, :class:`Slow`) describes a run; :func:`schedules` and
   :func:`timings` are Hypothesis strategies for them (importing them needs
   ``hypothesis``).
 - :func:`run_schedule` / :func:`simulate` play a schedule in virtual time and
@@ -36,6 +36,7 @@ from ._runner import Trace as Trace
 from ._runner import default_body as default_body
 from ._runner import run_schedule as run_schedule
 from ._runner import simulate as simulate
+from ._schedule import LEADER as LEADER
 from ._schedule import Candidate as Candidate
 from ._schedule import Crash as Crash
 from ._schedule import Fault as Fault
@@ -44,6 +45,7 @@ from ._schedule import Lossy as Lossy
 from ._schedule import Outage as Outage
 from ._schedule import Partition as Partition
 from ._schedule import Pause as Pause
+from ._schedule import Restart as Restart
 from ._schedule import Schedule as Schedule
 from ._schedule import Slow as Slow
 from ._schedule import Timing as Timing
@@ -59,6 +61,7 @@ _STRATEGIES = ("FAULT_KINDS", "LOSS_PROBABILITIES", "schedules", "timings")
 __all__ = [
     "DEFAULT_KEY",
     "FAULT_KINDS",
+    "LEADER",
     "LOSS_PROBABILITIES",
     "Call",
     "Candidate",
@@ -76,6 +79,7 @@ __all__ = [
     "Outage",
     "Partition",
     "Pause",
+    "Restart",
     "Schedule",
     "Slow",
     "StoreSwitch",
@@ -106,6 +110,6 @@ def __getattr__(name: str) -> Any:
 for _obj in (Call, DroppedEffect, FaultyBackend, StoreSwitch, StoreWrite, FencedResource,
              FencedWrite, FaultSpan, IssuedWrite, LeaderContext, Term, Trace, default_body,
              run_schedule, simulate, Candidate, Crash, Fault, Latency, Lossy, Outage,
-             Partition, Pause, Schedule, Slow, Timing):
+             Partition, Pause, Restart, Schedule, Slow, Timing):
     _obj.__module__ = __name__
 del _obj

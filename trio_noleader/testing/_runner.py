@@ -22,7 +22,18 @@ from .._memory import MemoryBackend
 from .._types import decode_value
 from ._faults import Call, DroppedEffect, FaultyBackend, StoreSwitch, StoreWrite
 from ._fence import FencedResource, FencedWrite
-from ._schedule import Crash, Fault, Lossy, Outage, Partition, Pause, Schedule, Slow
+from ._schedule import (
+    LEADER,
+    Crash,
+    Fault,
+    Lossy,
+    Outage,
+    Partition,
+    Pause,
+    Restart,
+    Schedule,
+    Slow,
+)
 
 __all__ = [
     "DEFAULT_KEY",
@@ -57,6 +68,9 @@ class Term:
             ``None`` only while the run is going.
         ended (str): ``"cancelled"``, ``"returned"``, ``"error:<Type>"`` or
             ``"running"``.
+        deadline (float | None): The body's deadline when it was entered
+            (:attr:`Leadership.deadline`, from the run's start); ``None`` in
+            ``"run"`` mode, where the body does not see its :class:`Leadership`.
     """
 
     candidate: int
@@ -66,6 +80,7 @@ class Term:
     start: float
     end: float | None = None
     ended: str = "running"
+    deadline: float | None = None
 
     def __str__(self) -> str:
         return (f"{self.name} token {self.token} [{self.start:.6g}, "
@@ -259,12 +274,22 @@ class Trace:
     def check_safety(self) -> None:
         """No two leader bodies are un-cancelled at the same virtual instant.
 
+        Also (DESIGN.md rule 3): no body is entered with a deadline too close to
+        survive one renewal round trip, i.e. with ``ttl - guard - renew_interval``
+        or less left (checked where the body sees its :class:`Leadership`).
+
         Raises:
             AssertionError: naming the overlapping terms, with a timeline.
         """
         terms = sorted(self.terms, key=lambda t: t.start)
         problems: list[str] = []
         around: tuple[float, float] | None = None
+        timing = self.schedule.timing
+        margin = timing.ttl - timing.guard - timing.renew_interval
+        for term in terms:
+            if term.deadline is not None and term.deadline - term.start <= margin - 1e-9:
+                problems.append(f"{term} was entered with {term.deadline - term.start:.6g} s "
+                                f"left before its deadline (at least {margin:.6g} needed)")
         for i, first in enumerate(terms):
             first_end = self.end if first.end is None else first.end
             for second in terms[i + 1:]:
@@ -281,6 +306,9 @@ class Trace:
         """Fencing tokens work end to end (DESIGN.md rule 5).
 
         - terms' tokens strictly increase in the order the terms began;
+        - every renewal stored in the key carries the token of the lease it
+          renews (the revision of the create it descends from), so an observer
+          that arrives mid-term learns the right token;
         - the resource's accepted tokens never decrease;
         - every write a body issued arrived and was accepted or rejected, unless it
           was dropped with a crashed candidate: none is lost silently;
@@ -318,6 +346,19 @@ class Trace:
         for (writer, token, when), count in (arrived - issued).items():
             problems.append(f"{count} write(s) by {writer} (token {token}, issued at "
                             f"{when:.6g}) reached the resource more often than issued")
+        lineage: dict[int, int] = {}
+        for stored in self.store_writes:
+            if stored.result != "ok" or stored.new_revision is None or stored.value is None:
+                continue
+            carried = decode_value(stored.value, stored.new_revision)[1]
+            expected = carried if stored.op == "create" else lineage.get(
+                stored.revision if stored.revision is not None else -1, carried)
+            if carried != expected:
+                problems.append(f"{stored.candidate} renewed the lease whose token is "
+                                f"{expected} with token {carried} (revision "
+                                f"{stored.new_revision}, at {stored.time:.6g})")
+            if expected is not None:
+                lineage[stored.new_revision] = expected
         by_writer: dict[str, list[Term]] = {}
         for term in terms:
             by_writer.setdefault(term.name, []).append(term)
@@ -394,6 +435,50 @@ class Trace:
                 break
         self._fail(problems)
 
+    def check_handover(self) -> None:
+        """A leader that steps down gracefully (a :class:`Restart`) releases at once,
+        and a candidate (another, or the same one back from its restart) takes over
+        within ``renew_interval / 2`` (a polling candidate's interval) plus six legs
+        of latency.
+
+        Checked for each restart of a leader when no other fault was in effect
+        from ``ttl + renew_interval`` before it (so that the others wait on the
+        key) until the bound, and another candidate was up; under the latency
+        assumption of :meth:`check_liveness`.
+
+        Raises:
+            AssertionError: naming the restart that was not followed in time.
+        """
+        timing = self.schedule.timing
+        slack = timing.ttl - timing.guard - timing.renew_interval
+        latencies = [c.latency.high for c in self.schedule.candidates]
+        if max(latencies) > min(timing.renew_interval / 10, slack / 4):
+            return
+        settle = timing.ttl + timing.renew_interval
+        bound = timing.renew_interval / 2 + 6 * max(latencies) + 1e-6
+        problems: list[str] = []
+        for restart in self.faults:
+            if restart.kind != "restart":
+                continue
+            at, who = restart.start, restart.candidate
+            if not any(t.candidate == who and t.end is not None and abs(t.end - at) < 1e-6
+                       for t in self.terms):
+                continue
+            if any(span is not restart and span.start <= at + bound
+                   and span.end >= at - settle for span in self.faults):
+                continue
+            if any(t >= at - settle for t in self.finished.values()):
+                continue
+            others = [i for i, c in enumerate(self.schedule.candidates)
+                      if i != who and c.start <= at - settle and i not in self.crashed]
+            if not others:
+                continue
+            # Anyone will do, the restarted candidate too if it is back in time.
+            if not any(at - 1e-6 <= t.start <= at + bound for t in self.terms):
+                problems.append(f"c{who} stepped down at {at:.6g}, but nobody took over "
+                                f"within {bound:.6g} s")
+        self._fail(problems)
+
     def check_hygiene(self) -> None:
         """No candidate ever deletes or overwrites a lease it does not hold.
 
@@ -450,6 +535,7 @@ class Trace:
         self.check_fencing()
         self.check_hygiene()
         self.check_liveness()
+        self.check_handover()
 
 
 def _first_gap(covered: list[tuple[float, float]], start: float, end: float) -> float | None:
@@ -557,12 +643,17 @@ class _Simulation:
             self.backends.append(backend)
             self.links.append(_Link(backend, latency))
         self.scopes = [trio.CancelScope() for _ in schedule.candidates]
+        self.resume_at = [c.start for c in schedule.candidates]
+        self.up = [False for _ in schedule.candidates]
+        self.shutting_down = False
         self.terms: list[Term] = []
         self.issued: list[IssuedWrite] = []
         self.errors: list[str] = []
         self.crashed: dict[int, float] = {}
         self.finished: dict[int, float] = {}
         self.active: dict[int, Fault] = {}
+        self.resolved: dict[int, int | None] = {}
+        self.span_list: list[FaultSpan] = []
 
     def now(self) -> float:
         return trio.current_time() - self.t0
@@ -570,21 +661,33 @@ class _Simulation:
     # -- candidates --------------------------------------------------------------
 
     async def candidate(self, index: int) -> None:
-        spec = self.schedule.candidates[index]
         name = f"c{index}"
-        with self.scopes[index]:
-            await trio.sleep_until(self.t0 + spec.start)
-            try:
-                await self._campaigns(index)
-            except trio.Cancelled:
-                raise
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    raise
-                self.errors.append(f"{name} at {self.now():.6g}: {type(exc).__name__} escaped: "
-                                   f"{exc!r}\n" + "".join(traceback.format_exception(exc)))
+        while True:
+            await trio.sleep_until(self.t0 + self.resume_at[index])
+            if index in self.crashed:
                 return
-            self.finished[index] = self.now()
+            if self.resume_at[index] > self.now():
+                continue  # a restart pushed it back while it slept
+            scope = self.scopes[index] = trio.CancelScope()
+            self.up[index] = True
+            with scope:
+                try:
+                    await self._campaigns(index)
+                except trio.Cancelled:
+                    raise
+                except BaseException as exc:
+                    if isinstance(exc, KeyboardInterrupt | SystemExit):
+                        raise
+                    self.errors.append(
+                        f"{name} at {self.now():.6g}: {type(exc).__name__} escaped: {exc!r}\n"
+                        + "".join(traceback.format_exception(exc)))
+                    return
+                self.finished[index] = self.now()
+                return
+            self.up[index] = False
+            if index in self.crashed or self.shutting_down:
+                return
+            # Stopped by a Restart: resume_at says when to come back.
 
     async def _campaigns(self, index: int) -> None:
         timing = self.schedule.timing
@@ -629,7 +732,8 @@ class _Simulation:
             self.errors.append(f"harness: c{index}'s term has token {lead.token}, but its last "
                                f"write to the store says {token}")
             token, cid = lead.token, lead.candidate_id
-        term = Term(index, f"c{index}", token, cid, self.now())
+        deadline = None if lead is None else lead.deadline - self.t0
+        term = Term(index, f"c{index}", token, cid, self.now(), deadline=deadline)
         self.terms.append(term)
         try:
             await self.body(LeaderContext(self, index, token, lead, term))
@@ -648,21 +752,29 @@ class _Simulation:
     # -- faults ------------------------------------------------------------------
 
     def spans(self) -> list[FaultSpan]:
-        spans: list[FaultSpan] = []
-        end = self.schedule.run_until
-        crash_at = {f.candidate: f.at for f in sorted(self.schedule.faults, key=lambda f: -f.at)
-                    if isinstance(f, Crash)}
-        for fault in self.schedule.faults:
-            target = fault.target
-            if fault.at >= end or (target is not None and crash_at.get(target, math.inf)
-                                   < fault.at):
-                continue
-            settled = fault.settled if isinstance(fault, Slow) else fault.end
-            spans.append(FaultSpan(type(fault).__name__.lower(), target, fault.at,
-                                   min(settled, end)))
-        return sorted(spans, key=lambda s: (s.start, s.end))
+        return sorted(self.span_list, key=lambda s: (s.start, s.end))
+
+    def _current_leader(self) -> int | None:
+        running = [t for t in self.terms if t.end is None]
+        return max(running, key=lambda t: t.start).candidate if running else None
+
+    def _begin(self, seq: int, fault: Fault) -> int | None:
+        """Resolve whom a fault hits as it begins, and record its span."""
+        index = fault.target
+        if index == LEADER:
+            index = self._current_leader()
+            if index is None:
+                return None
+        if index is not None and index in self.crashed:
+            return None
+        self.resolved[seq] = index
+        settled = fault.settled if isinstance(fault, Slow) else fault.end
+        self.span_list.append(FaultSpan(type(fault).__name__.lower(), index, fault.at,
+                                        min(settled, self.schedule.run_until)))
+        return index
 
     def _apply(self, seq: int, fault: Fault, starting: bool) -> None:
+        index = self._begin(seq, fault) if starting else self.resolved.get(seq)
         if isinstance(fault, Outage):
             self.outages += 1 if starting else -1
             if self.outages == 1 and starting:
@@ -670,9 +782,7 @@ class _Simulation:
             elif self.outages == 0:
                 self.switch.restore()
             return
-        index = fault.target
-        assert index is not None
-        if index in self.crashed:
+        if index is None or (index in self.crashed and not isinstance(fault, Crash)):
             return
         link = self.links[index]
         backend = link.backend
@@ -680,6 +790,11 @@ class _Simulation:
             self.crashed[index] = self.now()
             backend.crash()
             self.scopes[index].cancel()
+        elif isinstance(fault, Restart):
+            if starting:
+                self.resume_at[index] = max(self.resume_at[index], fault.end)
+                if self.up[index]:
+                    self.scopes[index].cancel()
         elif isinstance(fault, Partition):
             link.partitions += 1 if starting else -1
             if link.partitions == 1 and starting:
@@ -708,7 +823,8 @@ class _Simulation:
     async def play_faults(self) -> None:
         actions: list[tuple[float, int, int, Fault, bool]] = []
         for seq, fault in enumerate(self.schedule.faults):
-            if isinstance(fault, Crash):
+            if isinstance(fault, Crash | Restart):
+                # Instant actions: a restarting candidate comes back by itself.
                 actions.append((fault.at, 1, seq, fault, True))
             elif fault.end > fault.at:
                 # At one instant, faults that end go before faults that begin.
@@ -720,7 +836,7 @@ class _Simulation:
                 break
             await trio.sleep_until(self.t0 + at)
             self._apply(seq, fault, starting)
-            if starting and not isinstance(fault, Crash):
+            if starting and not isinstance(fault, Crash | Restart):
                 self.active[seq] = fault
             else:
                 self.active.pop(seq, None)
@@ -792,6 +908,7 @@ async def run_schedule(schedule: Schedule, *, body: BodyFn | None = None,
                     nursery.start_soon(sim.play_faults, name="faults")
                     await trio.sleep_until(t0 + schedule.run_until)
                     sim.end_faults()
+                    sim.shutting_down = True
                     shutdown_started = trio.current_time()
                     nursery.cancel_scope.cancel()
                 trace.shutdown_took = trio.current_time() - shutdown_started

@@ -16,6 +16,7 @@ from typing import Literal
 from .._types import check_timing
 
 __all__ = [
+    "LEADER",
     "Candidate",
     "Crash",
     "Fault",
@@ -24,10 +25,16 @@ __all__ = [
     "Outage",
     "Partition",
     "Pause",
+    "Restart",
     "Schedule",
     "Slow",
     "Timing",
 ]
+
+#: A fault's ``candidate`` may be ``LEADER`` (-1): whoever leads when the fault
+#: begins (the candidate whose body most recently started and is still running),
+#: resolved during the run; if nobody leads then, the fault does nothing.
+LEADER = -1
 
 Mode = Literal["hold", "run", "poll"]
 MODES: tuple[Mode, ...] = ("hold", "run", "poll")
@@ -114,7 +121,8 @@ class Fault:
 
     @property
     def target(self) -> int | None:
-        """The candidate it hits, or None for the whole store."""
+        """The candidate it hits (:data:`LEADER` for whoever leads when it begins),
+        or None for the whole store."""
         candidate: int | None = getattr(self, "candidate", None)
         return candidate
 
@@ -124,8 +132,8 @@ class Fault:
         _check_time("duration", duration)
         target = self.target
         if target is not None and (isinstance(target, bool) or not isinstance(target, int)
-                                   or target < 0):
-            raise ValueError(f"candidate={target!r}: must be an index >= 0")
+                                   or target < LEADER):
+            raise ValueError(f"candidate={target!r}: must be an index >= 0, or LEADER (-1)")
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,19 @@ class Crash(Fault):
 
     candidate: int
     at: float
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+
+@dataclass(frozen=True)
+class Restart(Fault):
+    """The candidate stops gracefully (its tasks are cancelled, so a leader releases
+    at once), stays down for ``duration``, then campaigns again."""
+
+    candidate: int
+    at: float
+    duration: float
 
     def __post_init__(self) -> None:
         self._validate()
@@ -268,6 +289,8 @@ class Schedule:
         for name, c in zip(self.names, self.candidates, strict=True):
             lines.append(f"  {name}: {c.mode} from {c.start}, latency {c.latency.low}-"
                          f"{c.latency.high}, drift {c.drift}")
+        if any(f.target == LEADER for f in self.faults):
+            lines.append("  (candidate=-1: whoever leads when the fault begins)")
         for fault in sorted(self.faults, key=lambda f: f.at):
             lines.append(f"  {fault!r}")
         return "\n".join(lines)

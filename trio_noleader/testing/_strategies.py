@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from .._types import check_timing
 from ._schedule import (
+    LEADER,
     MODES,
     Candidate,
     Crash,
@@ -24,6 +25,7 @@ from ._schedule import (
     Outage,
     Partition,
     Pause,
+    Restart,
     Schedule,
     Slow,
     Timing,
@@ -32,7 +34,7 @@ from ._schedule import (
 __all__ = ["FAULT_KINDS", "LOSS_PROBABILITIES", "schedules", "timings"]
 
 #: Every kind of fault :func:`schedules` can put on a timeline.
-FAULT_KINDS: tuple[type[Fault], ...] = (Partition, Outage, Pause, Crash, Lossy, Slow)
+FAULT_KINDS: tuple[type[Fault], ...] = (Partition, Outage, Pause, Crash, Lossy, Slow, Restart)
 
 #: The loss probabilities a :class:`Lossy` fault draws from by default.
 LOSS_PROBABILITIES: tuple[float, ...] = (1.0, 0.5, 0.0, 0.25)
@@ -93,9 +95,12 @@ def _candidate(draw: st.DrawFn, timing: Timing, modes: Sequence[Mode],
     start = _ms(draw(st.just(0) | st.integers(0, ttl_ms)))
     low_ms = draw(st.integers(0, max_latency_ms))
     high_ms = draw(st.integers(low_ms, max_latency_ms))
-    # Rate drift in millionths, strictly below max_drift * guard / ttl.
+    # Rate drift in millionths, strictly below max_drift * guard / ttl; at the
+    # edge of that bound as often as anywhere inside it, since that is where the
+    # guard is all that keeps the lease safe.
     bound_ppm = math.ceil(max_drift * timing.guard / timing.ttl * 1_000_000) - 1
-    drift_ppm = draw(st.just(0) | st.integers(0, bound_ppm)) if bound_ppm > 0 else 0
+    drift_ppm = (draw(st.just(0) | st.just(bound_ppm) | st.integers(0, bound_ppm))
+                 if bound_ppm > 0 else 0)
     return Candidate(mode, start, Latency(_ms(low_ms), _ms(high_ms)), drift_ppm / 1_000_000)
 
 
@@ -107,7 +112,9 @@ def _fault(draw: st.DrawFn, kinds: Sequence[type[Fault]], candidates: int, timin
     renew_ms = round(timing.renew_interval * 1000)
     kind = draw(st.sampled_from(list(kinds)))
     at = _ms(draw(st.integers(0, horizon_ms)))
-    who = draw(st.integers(0, candidates - 1))
+    # Faults that hit the leader matter most for safety: draw "whoever leads"
+    # as often as a fixed candidate (and shrink towards it).
+    who = draw(st.just(LEADER) | st.integers(0, candidates - 1))
     duration = _ms(draw(st.integers(0, 2 * ttl_ms)))
     if kind is Crash:
         return Crash(who, at)
@@ -117,11 +124,15 @@ def _fault(draw: st.DrawFn, kinds: Sequence[type[Fault]], candidates: int, timin
         return Partition(who, at, duration)
     if kind is Pause:
         return Pause(who, at, duration)
+    if kind is Restart:
+        return Restart(who, at, duration)
     if kind is Lossy:
         return Lossy(who, at, duration, requests=draw(st.sampled_from(request_loss)),
                      replies=draw(st.sampled_from(reply_loss)))
     if kind is Slow:
-        latency = _ms(draw(st.integers(max(1, renew_ms // 2), 3 * renew_ms)))
+        # From slow-but-in-time (a round trip within renew_interval) to slow
+        # enough that calls time out and land late.
+        latency = _ms(draw(st.integers(max(1, renew_ms // 10), 3 * renew_ms)))
         return Slow(who, at, duration, latency)
     raise ValueError(f"unknown fault kind {kind!r}; use some of {FAULT_KINDS}")
 
