@@ -724,7 +724,9 @@ async def release_rounds(tmp_path: Path, rounds: int) -> None:
                 plain = await fleet.spawn(sigterm_handler=False)
                 while leader["name"] != plain:
                     await fleet.tell(leader["name"], "exit")
-                    leader = await fleet.next_start(leader["token"], limit=TTL + 5)
+                    successor = await fleet.next_start(leader["token"], limit=TTL + 5)
+                    assert await fleet.reap(leader["name"]) == 0
+                    leader = successor
                 await fleet.spawn()
                 await fleet.wait_for(lambda e: e["event"] == "campaign"
                                      and e["time"] > wall(leader)
