@@ -173,19 +173,20 @@ async def test_bad_keys_change_nothing_in_the_store(
         assert await state() == before
 
 
-@pytest.mark.nats
+@pytest.mark.parametrize("kind", STORES)
 @pytest.mark.parametrize("key", ["a..b", "jobs...nightly", "x.." + "y", "a." + "." * 500 + "b"])
-async def test_keys_with_empty_tokens_are_refused_on_nats(
-    key: str, request: pytest.FixtureRequest, tmp_path: Path,
+async def test_keys_with_empty_tokens_are_refused(
+    kind: str, key: str, request: pytest.FixtureRequest, tmp_path: Path,
 ) -> None:
     # Regression: [-/_=.a-zA-Z0-9]+ lets "a..b" through, but a NATS subject has no
     # empty token: the server never stores the write, and the campaign used to retry
-    # that as a store outage forever.
-    async with open_store("nats", request, tmp_path) as (store, state):
+    # that as a store outage forever. The rule holds on every backend, so that code
+    # moves between them unchanged.
+    async with open_store(kind, request, tmp_path) as (store, state):
         before = await state()
         for name, call in await calls_with_key(store, key):
             try:
-                exc = await expect_refusal(call, ValueError, "no empty tokens")
+                exc = await expect_refusal(call, ValueError, "or hold '..'")
             except BaseException as raised:
                 raised.add_note(f"entry point: {name}")
                 raise
@@ -204,9 +205,7 @@ MORE_BAD_TIMINGS: list[Any] = [
     ({"ttl": -math.inf}, ValueError, "ttl=-inf"),
     ({"ttl": 1.0, "renew_interval": 0.5, "guard": 0.5}, ValueError,
      "guard must be < ttl - renew_interval"),
-    pytest.param({"ttl": 10**400}, ValueError, "ttl=", marks=pytest.mark.xfail(
-        strict=True,
-        reason="_types._check_seconds: float(10**400) raises OverflowError")),
+    ({"ttl": 10**400}, ValueError, "ttl=inf: must be a finite number"),
 ]
 
 
@@ -220,10 +219,10 @@ async def test_bad_timing_everywhere(options: dict[str, Any], error: type[Except
     assert store.calls == []
 
 
-@pytest.mark.xfail(strict=True, reason="a ttl shorter than one store round trip passes "
-                   "check_timing; the campaign then acquires, finds the lease expired "
-                   "before it could renew, and starts again, forever")
 async def test_a_ttl_no_round_trip_fits_in_is_refused() -> None:
+    # Regression: check_timing cannot know the store's latency, and a campaign used
+    # to acquire, find the lease expired before it could renew, and start again,
+    # forever. Now it gives up after a few such leases, naming the ttl.
     store = FaultyBackend(MemoryBackend())
     with trio.move_on_after(1):
         with pytest.raises(ValueError, match="ttl"):

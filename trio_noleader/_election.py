@@ -30,6 +30,16 @@ RELEASE_TIMEOUT = 5.0
 class _Lost(Exception):
     """Internal: the store shows that the lease is not ours any more."""
 
+    def __init__(self, reason: str, *, expired: bool = False) -> None:
+        super().__init__(reason)
+        self.expired = expired
+
+#: A campaign whose fresh leases expire this many times in a row before it can renew
+#: them, while store round trips take longer than ``ttl - guard - renew_interval``,
+#: has a ttl that no round trip fits in: it gives up with ValueError. (Expiries
+#: alone, say after an operator's reset, only make it back off.)
+MAX_EXPIRED_IN_A_ROW = 3
+
 
 class _Backoff:
     """Capped exponential backoff with the first delay at *initial* seconds."""
@@ -130,6 +140,8 @@ class _Campaign:
         self.renew_now = False
         self.failures = 0
         self.last_error: BaseException | None = None
+        # The slowest store round trip of a successful write so far (seconds).
+        self.round_trip = 0.0
 
     # -- helpers -----------------------------------------------------------------
 
@@ -179,6 +191,7 @@ class _Campaign:
             with trio.move_on_after(self.renew_interval), suppress(BackendUnavailable):
                 await janitor.sweep(self.backend)
         backoff = _Backoff(min(0.1, self.renew_interval / 4), min(5.0, self.ttl))
+        expired_in_a_row = 0
         while True:
             try:
                 if await self._try_acquire():
@@ -195,7 +208,19 @@ class _Campaign:
                 await trio.sleep(delay)
             except _Lost as exc:
                 self.revision = None
-                logger.info("campaign for %s: %s; campaigning again", self.key, exc)
+                expired_in_a_row = expired_in_a_row + 1 if exc.expired else 0
+                room = self.ttl - self.guard - self.renew_interval
+                if expired_in_a_row >= MAX_EXPIRED_IN_A_ROW and self.round_trip >= room:
+                    raise ValueError(
+                        f"ttl={self.ttl!r}: {expired_in_a_row} leases in a row expired "
+                        "in the store before they could be renewed; store round trips "
+                        f"take up to {self.round_trip:.3g} s, and the ttl must leave room "
+                        "for a renewal round trip after guard and renew_interval"
+                    ) from None
+                delay = backoff.next()
+                logger.info("campaign for %s: %s; campaigning again in %.2g s",
+                            self.key, exc, delay)
+                await trio.sleep(delay)
 
     async def _try_acquire(self) -> bool:
         if self.revision is not None or self.unresolved is not None:
@@ -220,6 +245,7 @@ class _Campaign:
         self.base = sent
         self.unresolved = None
         self.renew_now = False
+        self.round_trip = max(self.round_trip, trio.current_time() - sent)
         return True
 
     async def _make_safe(self) -> None:
@@ -272,7 +298,8 @@ class _Campaign:
                 self._adopt(entry)
                 return False
             if entry is None:
-                raise _Lost("the lease expired or was deleted in the store") from None
+                raise _Lost("the lease expired or was deleted in the store",
+                            expired=True) from None
             info = decode_value(entry.value, entry.revision)[0]
             holder = f"candidate {info}" if info is not None else "an unknown holder"
             raise _Lost(f"the store shows {holder} at revision {entry.revision}") from None
@@ -280,6 +307,7 @@ class _Campaign:
         self.base = sent
         self.unresolved = None
         self.renew_now = False
+        self.round_trip = max(self.round_trip, trio.current_time() - sent)
         return True
 
     async def renew_loop(self, lead: Leadership) -> None:

@@ -202,22 +202,6 @@ def _check_bucket_name(bucket: object) -> str:
     return bucket
 
 
-def _check_key(key: object) -> str:
-    """:func:`check_key`, and the rule NATS adds: a subject has no empty token.
-
-    ``"a..b"`` passes the common key rule, but the server never stores a message on
-    such a subject: refuse it here, before any I/O, rather than let every write
-    fail like an outage.
-    """
-    check_key(key)
-    assert isinstance(key, str)
-    if ".." in key:
-        raise ValueError(
-            f"invalid key {key!r:.80}: NATS subjects have no empty tokens, so a key on "
-            "NATS has no '..' (two dots in a row)")
-    return key
-
-
 async def _js_api(nc: Any, subject: str, payload: Mapping[str, Any] | None = None
                   ) -> dict[str, Any]:
     """One raw JetStream API request (asyncio side); raises nats-py's APIError."""
@@ -431,7 +415,7 @@ class NatsBackend(Backend):
                 "holder's deadline; use a ttl <= max age, or a bucket with max age 0")
 
     async def create(self, key: str, value: bytes, *, ttl: float) -> int:
-        _check_key(key)
+        check_key(key)
         self.check_ttl(ttl)
         revision = await self._call(f"create {key!r}", self._aio_create, key, bytes(value),
                                     ttl)
@@ -439,7 +423,7 @@ class NatsBackend(Backend):
         return revision
 
     async def update(self, key: str, value: bytes, *, revision: int, ttl: float) -> int:
-        _check_key(key)
+        check_key(key)
         self.check_ttl(ttl)
         new_revision = await self._call(f"update {key!r}", self._aio_cas, key, bytes(value),
                                         revision, ttl)
@@ -447,7 +431,7 @@ class NatsBackend(Backend):
         return new_revision
 
     async def get(self, key: str) -> Entry | None:
-        _check_key(key)
+        check_key(key)
         msg = await self._call(f"get {key!r}", self._aio_last, key)
         if msg is None or _is_absent(msg.headers):
             return None
@@ -470,7 +454,7 @@ class NatsBackend(Backend):
         return max(0.0, min(limits) - age)
 
     async def delete(self, key: str, *, revision: int) -> None:
-        _check_key(key)
+        check_key(key)
         await self._call(f"delete {key!r}", self._aio_cas, key, b"", revision, None,
                          {_KV_OPERATION: "DEL"})
         self._values.pop((key, revision), None)
@@ -479,7 +463,7 @@ class NatsBackend(Backend):
         return await self._call("list keys", self._aio_keys)
 
     def watch(self, key: str) -> AbstractAsyncContextManager[AsyncIterator[Entry | None]]:
-        _check_key(key)
+        check_key(key)
         return self._watch(key)
 
     @asynccontextmanager

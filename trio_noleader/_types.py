@@ -22,7 +22,7 @@ __all__ = [
 _KEY_RE = re.compile(r"[-/_=.a-zA-Z0-9]+")
 _KEY_RULE = (
     "keys are 1 or more of the characters A-Z a-z 0-9 - / _ = . "
-    "and do not start or end with '.'"
+    "and do not start or end with '.' or hold '..'"
 )
 MAX_KEY_LENGTH = 1024
 
@@ -80,7 +80,10 @@ def check_key(key: object) -> str:
             f"key {key[:40]!r}... is {len(key)} characters long; "
             f"keys are at most {MAX_KEY_LENGTH} characters"
         )
-    if not _KEY_RE.fullmatch(key) or key.startswith(".") or key.endswith("."):
+    # NATS KV's rule, on every backend so that code moves between them unchanged
+    # ('..' would make an empty subject token, which NATS never stores).
+    if (not _KEY_RE.fullmatch(key) or key.startswith(".") or key.endswith(".")
+            or ".." in key):
         raise ValueError(f"invalid key {key!r}: {_KEY_RULE}")
     return key
 
@@ -89,7 +92,10 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> flo
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}: "
                         f"{value!r:.80}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float
+        value = math.inf
     if not math.isfinite(value):
         raise ValueError(f"{name}={value!r}: must be a finite number of seconds")
     if value < 0 or (value == 0 and not allow_zero):
