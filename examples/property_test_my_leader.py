@@ -129,7 +129,8 @@ def main() -> int:
         settings=settings(max_examples=500, deadline=None, database=None, derandomize=True),
     )
     print("  Hypothesis found (and shrank) a schedule that moves the watermark back:")
-    print(f"  {counterexample!r}")
+    print("    " + counterexample.describe().replace("\n", "\n    "))
+    print(f"  as Python, to replay: {counterexample!r}")
     print("  replay it with simulate(schedule); with FencedResource the stale write is "
           "rejected:")
     trace = play(counterexample, fenced_body)

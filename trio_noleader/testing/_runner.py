@@ -104,10 +104,17 @@ class IssuedWrite:
 
 @dataclass(frozen=True, slots=True)
 class FaultSpan:
-    """When a fault of the schedule was in effect (a crash is an instant).
+    """When a fault of the schedule was in effect.
 
-    ``end`` includes the time for requests sent during a :class:`Slow` window to
-    arrive, and is cut at the end of the run.
+    Attributes:
+        kind (str): The fault's class name in lower case (``"partition"``, ...).
+        candidate (int | None): The candidate it hit (a :data:`LEADER` target
+            resolved to whoever led then), or ``None`` for a store outage.
+        start (float): When it began.
+        end (float): When it ended: the same instant for a crash; for a
+            :class:`Slow` link, once the requests sent during it have arrived;
+            for a :class:`Restart`, when the candidate came back. Cut at the end
+            of the run.
     """
 
     kind: str
@@ -438,8 +445,10 @@ class Trace:
     def check_handover(self) -> None:
         """A leader that steps down gracefully (a :class:`Restart`) releases at once,
         and a candidate (another, or the same one back from its restart) takes over
-        within ``renew_interval / 2`` (a polling candidate's interval) plus six legs
-        of latency.
+        within ``renew_interval / 2`` (a polling candidate's interval) plus 14 legs
+        of latency (the worst path: a renewal in flight makes the release delete,
+        read and delete again; a poller's attempt in flight, a janitor sweep, a
+        create).
 
         Checked for each restart of a leader when no other fault was in effect
         from ``ttl + renew_interval`` before it (so that the others wait on the
@@ -455,7 +464,7 @@ class Trace:
         if max(latencies) > min(timing.renew_interval / 10, slack / 4):
             return
         settle = timing.ttl + timing.renew_interval
-        bound = timing.renew_interval / 2 + 6 * max(latencies) + 1e-6
+        bound = timing.renew_interval / 2 + 14 * max(latencies) + 1e-6
         problems: list[str] = []
         for restart in self.faults:
             if restart.kind != "restart":

@@ -289,8 +289,8 @@ class Schedule:
         for name, c in zip(self.names, self.candidates, strict=True):
             lines.append(f"  {name}: {c.mode} from {c.start}, latency {c.latency.low}-"
                          f"{c.latency.high}, drift {c.drift}")
-        if any(f.target == LEADER for f in self.faults):
-            lines.append("  (candidate=-1: whoever leads when the fault begins)")
         for fault in sorted(self.faults, key=lambda f: f.at):
             lines.append(f"  {fault!r}")
+        if any(f.target == LEADER for f in self.faults):
+            lines.append("  (candidate=-1: whoever leads when the fault begins)")
         return "\n".join(lines)
