@@ -685,8 +685,10 @@ async def test_cluster_node_failures_long(tmp_path: Path, _: None) -> None:
 # -- the leader leaves: body raises, cancelled from outside, SIGTERM ----------------------
 
 
-#: "Well under a second": from a body's stop to the next body's start.
-HANDOVER_BOUND = 0.5
+#: "Well under a second", from a body's stop to the next body's start: measured 4-70 ms
+#: (once 0.34 s with the other core busy). Without the release the next leader would
+#: wait for the lease to expire: at least ttl - renew_interval = 1.33 s.
+HANDOVER_BOUND = 0.75
 
 
 async def release_rounds(tmp_path: Path, rounds: int) -> None:
