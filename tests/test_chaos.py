@@ -50,7 +50,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import pytest
 import trio
@@ -63,8 +63,15 @@ pytestmark = [
 ]
 
 LONG = os.environ.get("NOLEADER_LONG") == "1"
-slow = [pytest.mark.slow,
-        pytest.mark.skipif(not LONG, reason="long chaos run: set NOLEADER_LONG=1")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def slow(test: F) -> F:
+    """The long version of a chaos test: marked ``slow``, run with NOLEADER_LONG=1."""
+    marked: F = pytest.mark.slow(
+        pytest.mark.skipif(not LONG, reason="long chaos run: set NOLEADER_LONG=1")(test))
+    return marked
 
 CANDIDATE = Path(__file__).with_name("chaos_candidate.py")
 KEY = "chaos/job"
@@ -452,8 +459,8 @@ async def test_sigkill_the_leader(tmp_path: Path) -> None:
     await sigkill_rounds(tmp_path, 3)
 
 
-@pytest.mark.parametrize("_", [pytest.param(None, marks=slow)])
-async def test_sigkill_the_leader_long(tmp_path: Path, _: None) -> None:
+@slow
+async def test_sigkill_the_leader_long(tmp_path: Path) -> None:
     await sigkill_rounds(tmp_path, 20)
 
 
@@ -506,8 +513,8 @@ async def test_sigstop_the_leader(tmp_path: Path) -> None:
     await sigstop_leader_rounds(tmp_path, 1)
 
 
-@pytest.mark.parametrize("_", [pytest.param(None, marks=slow)])
-async def test_sigstop_the_leader_long(tmp_path: Path, _: None) -> None:
+@slow
+async def test_sigstop_the_leader_long(tmp_path: Path) -> None:
     await sigstop_leader_rounds(tmp_path, 6)
 
 
@@ -576,13 +583,13 @@ async def test_kill_and_restart_the_server(tmp_path: Path) -> None:
     await server_fault_rounds(tmp_path, 2, "kill")
 
 
-@pytest.mark.parametrize("_", [pytest.param(None, marks=slow)])
-async def test_sigstop_the_server_long(tmp_path: Path, _: None) -> None:
+@slow
+async def test_sigstop_the_server_long(tmp_path: Path) -> None:
     await server_fault_rounds(tmp_path, 6, "pause")
 
 
-@pytest.mark.parametrize("_", [pytest.param(None, marks=slow)])
-async def test_kill_and_restart_the_server_long(tmp_path: Path, _: None) -> None:
+@slow
+async def test_kill_and_restart_the_server_long(tmp_path: Path) -> None:
     await server_fault_rounds(tmp_path, 8, "kill")
 
 
@@ -677,8 +684,8 @@ async def test_cluster_node_failures(tmp_path: Path) -> None:
     await cluster_rounds(tmp_path, 1)
 
 
-@pytest.mark.parametrize("_", [pytest.param(None, marks=slow)])
-async def test_cluster_node_failures_long(tmp_path: Path, _: None) -> None:
+@slow
+async def test_cluster_node_failures_long(tmp_path: Path) -> None:
     await cluster_rounds(tmp_path, 5)
 
 
@@ -755,6 +762,6 @@ async def test_leaving_releases_the_lease(tmp_path: Path) -> None:
     await release_rounds(tmp_path, 1)
 
 
-@pytest.mark.parametrize("_", [pytest.param(None, marks=slow)])
-async def test_leaving_releases_the_lease_long(tmp_path: Path, _: None) -> None:
+@slow
+async def test_leaving_releases_the_lease_long(tmp_path: Path) -> None:
     await release_rounds(tmp_path, 10)
