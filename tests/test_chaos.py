@@ -626,9 +626,11 @@ async def probe(cluster: Cluster, command: str, bucket: str) -> str:
     return result.stdout.decode().strip()
 
 
-#: A generous bound on how long a JetStream cluster takes to elect a new stream
-#: leader after losing the old one's node (nats-server's Raft election timeouts).
-STREAM_LEADER_FAILOVER = 10.0
+#: A bound on how long a JetStream cluster takes to elect a new stream leader after
+#: losing the old one's node: nats-server's Raft waits a random 4 to 9 s before it
+#: calls an election. Leading again took 5.4-9.9 s in our runs (that wait, then a
+#: campaign's backoff).
+STREAM_LEADER_FAILOVER = 12.0
 
 
 async def cluster_rounds(tmp_path: Path, rounds: int) -> None:
@@ -662,8 +664,8 @@ async def cluster_rounds(tmp_path: Path, rounds: int) -> None:
                             label += ", which led the stream too"
                         recoveries.setdefault(label, []).append(took)
                         if node is stream_leader:
-                            # JetStream first elects another stream leader (measured
-                            # 4-5 s on nats-server 2.15); the store is unwritable until then.
+                            # JetStream first elects another stream leader; the store
+                            # takes no write until then.
                             assert took <= STREAM_LEADER_FAILOVER + TTL + RENEW, took
                         else:
                             # The client moves to another node at once; the stream is fine.
