@@ -175,6 +175,37 @@ async def test_run_stops_the_command_when_leadership_is_lost(url: str, tmp_path:
     assert [e[0] for e in read_log(log)] == ["start", "end"]
 
 
+async def test_the_command_outlives_idle_threads_but_not_noleader(
+    url: str, tmp_path: Path
+) -> None:
+    # Regression: the command used to be forked from a trio worker thread, and its
+    # parent-death signal fired when that thread idled out after 10 s.
+    log = tmp_path / "job.log"
+    async with noleader("run", "--url", url, "--ttl", "60", "job", "--",
+                        sys.executable, "-c", JOB, str(log)) as leader:
+        await leader.expect("job started")
+        await trio.sleep(12)
+        [(_, pid, _, _)] = read_log(log)
+        os.kill(pid, 0)  # still running
+        # SIGKILL noleader: its command must die with it, not run on unleased.
+        leader.process.kill()
+        await leader.wait()
+        with trio.fail_after(5):
+            await _death_of(pid)
+
+
+async def _death_of(pid: int) -> None:
+    """Wait until process *pid* (not our child) has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
 async def test_status_and_watch(url: str) -> None:
     code, out = await run_cli("status", "--url", url)
     assert code == 0

@@ -114,7 +114,9 @@ def _die_with_parent() -> None:
 
     A leader-only command must not outlive the process that holds its lease: if
     noleader is SIGKILLed, the lease expires and another replica starts the command,
-    so this one must stop too. Elsewhere this is a no-op.
+    so this one must stop too. Linux ties this to the *thread* that forked, so the
+    child is started from trio's own thread (see :func:`_run_child`), which lives
+    as long as noleader. Elsewhere this is a no-op.
     """
     if sys.platform.startswith("linux"):
         import ctypes
@@ -123,14 +125,40 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-async def _stop_child(process: trio.Process, grace: float) -> None:
-    """SIGTERM, then SIGKILL after *grace* seconds."""
-    process.terminate()
-    with trio.move_on_after(grace):
-        await process.wait()
-        return
-    _say(f"command did not exit {grace:g} s after SIGTERM; sending SIGKILL")
-    process.kill()
+async def _wait_child(popen: subprocess.Popen[bytes]) -> int:
+    """Wait for *popen* to exit without blocking trio; return its exit status."""
+    if hasattr(os, "pidfd_open"):
+        fd = os.pidfd_open(popen.pid)
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
+    else:  # pragma: no cover - not Linux
+        await trio.to_thread.run_sync(popen.wait, abandon_on_cancel=True)
+    return popen.wait()
+
+
+async def _run_child(command: list[str], env: dict[str, str], grace: float) -> int:
+    """Run *command* to its end; if cancelled, SIGTERM it, then SIGKILL after *grace*.
+
+    Not ``trio.run_process``: that forks from a worker thread, and a worker thread
+    that idles for 10 s exits, which would fire the child's parent-death signal.
+    """
+    # A few milliseconds of blocking, on purpose: see the docstring.
+    popen = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)  # noqa: ASYNC220
+    try:
+        return await _wait_child(popen)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            if popen.poll() is None:
+                popen.terminate()
+                with trio.move_on_after(grace) as waiting:
+                    await _wait_child(popen)
+                if waiting.cancelled_caught:
+                    _say(f"command did not exit {grace:g} s after SIGTERM; sending SIGKILL")
+                    popen.kill()
+                    await _wait_child(popen)
+        raise
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -142,11 +170,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 _say(f"leader of {args.key} with token {lead.token}; starting "
                      f"{' '.join(args.command)}")
                 env = dict(os.environ, NOLEADER_KEY=args.key, NOLEADER_TOKEN=str(lead.token))
-                result = await trio.run_process(
-                    args.command, check=False, stdin=None, env=env,
-                    preexec_fn=_die_with_parent,
-                    deliver_cancel=lambda p: _stop_child(p, args.grace))
-                code = result.returncode
+                code = await _run_child(args.command, env, args.grace)
                 return code if code >= 0 else EXIT_SIGNAL_BASE - code
         except trio.WouldBlock:
             _say(f"{args.key} is held by someone else; not starting the command (--no-wait)")
