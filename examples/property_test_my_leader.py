@@ -75,13 +75,11 @@ def check_watermark_never_goes_back(trace: Trace) -> None:
         assert after >= before, f"watermark went back from {before} to {after}"
 
 
-# Client-side timeout below renew_interval, and at most half the replies lost:
-# workarounds for two election-core bugs (see tests/test_simulation_regressions.py).
 def play(schedule: Schedule, body: Callable[[LeaderContext], Awaitable[object]]) -> Trace:
-    return simulate(schedule, body=body, call_timeout=0.9 * schedule.timing.renew_interval)
+    return simulate(schedule, body=body)
 
 
-SCHEDULES = schedules(max_candidates=4, max_faults=6, reply_loss=(0.5, 0.0, 0.25))
+SCHEDULES = schedules(max_candidates=4, max_faults=6)
 
 
 @settings(max_examples=200, deadline=None, database=None,

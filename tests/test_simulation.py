@@ -34,24 +34,13 @@ from trio_noleader.testing import (
     simulate,
 )
 
-# Workaround for core bug 1 (see tests/test_simulation_regressions.py): the core's
-# per-call timeout raises trio.TooSlowError out of hold_leadership instead of
-# treating it as a transient failure. Giving every candidate a client-side
-# timeout just below renew_interval (as a real backend client has) keeps that
-# path out of the way so that the other properties can be explored. Remove it
-# once the core is fixed: the regression file runs without it.
-CALL_TIMEOUT = 0.9
-
-# Workaround for core bug 3 (see tests/test_simulation_regressions.py): after an
-# adoption, renew_loop retries a failed renewal at once instead of after its
-# backoff, so a link that loses every reply spins without virtual time moving.
-# Lossy faults here lose at most half of the replies; the regression file draws
-# certain loss too. Remove once the core is fixed.
-SCHEDULES = schedules(reply_loss=(0.5, 0.0, 0.25))
+# The election-core bugs this file found are fixed; their regression tests live in
+# tests/test_simulation_regressions.py.
+SCHEDULES = schedules()
 
 
 def play(schedule: Schedule) -> Trace:
-    return simulate(schedule, call_timeout=CALL_TIMEOUT * schedule.timing.renew_interval)
+    return simulate(schedule)
 
 
 def play_noting(schedule: Schedule) -> Trace:
@@ -87,8 +76,7 @@ def test_safety(schedule: Schedule) -> None:
     play_noting(schedule).check_safety()
 
 
-@given(schedules(max_candidates=3, faults=(Partition, Pause, Lossy, Slow),
-                 reply_loss=(0.5, 0.0, 0.25)))
+@given(schedules(max_candidates=3, faults=(Partition, Pause, Lossy, Slow)))
 def test_safety_when_the_leader_is_cut_off(schedule: Schedule) -> None:
     """Smaller schedules whose faults mostly cut a leader off while others can take
     over: the case the guard and the deadline exist for, drawn more often."""
