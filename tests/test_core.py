@@ -262,3 +262,24 @@ def test_uuid7_and_value_format() -> None:
     assert decode_value(encode_value(cid, 7), 41) == (cid, 7)
     assert decode_value(b"x" * 17, 41) == (None, None)
     assert decode_value(b"", 41) == (None, None)
+
+
+async def test_renewal_backoff_leaves_a_try_before_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: renewals backed off 0.5, 1, 2, 2.5, 2.5 s after failing at t=5,
+    # so the next try fell on the deadline (13.5) although the store was back at 12.
+    faulty = FaultyBackend(MemoryBackend())
+
+    async def outage() -> None:
+        await trio.sleep(4.9)
+        faulty.partition()
+        await trio.sleep(12.0 - 4.9)
+        faulty.heal()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outage)
+        async with hold_leadership(KEY, backend=faulty, ttl=TTL) as lead:
+            await trio.sleep(20)
+            assert not lead.cancel_scope.cancel_called
+            assert lead.deadline > trio.current_time()

@@ -190,7 +190,9 @@ class _Campaign:
             # Leases we failed to release earlier go first, but never hold us up.
             with trio.move_on_after(self.renew_interval), suppress(BackendUnavailable):
                 await janitor.sweep(self.backend)
-        backoff = _Backoff(min(0.1, self.renew_interval / 4), min(5.0, self.ttl))
+        # Capped at renew_interval: after an outage a candidate is back within one
+        # renewal period of the store, not a whole ttl.
+        backoff = _Backoff(min(0.1, self.renew_interval / 4), min(5.0, self.renew_interval))
         expired_in_a_row = 0
         while True:
             try:
@@ -338,10 +340,13 @@ class _Campaign:
             except BackendUnavailable as exc:
                 self.failures += 1
                 self.last_error = exc
-                delay = backoff.next()
-                retry_at = trio.current_time() + delay
+                now = trio.current_time()
+                # Back off, but always leave one more try before the deadline: a
+                # store that comes back just in time must not find us asleep.
+                last_chance = self.deadline - max(2 * self.round_trip, backoff.initial)
+                retry_at = max(now + backoff.initial, min(now + backoff.next(), last_chance))
                 logger.warning("renewing %s failed (%s); retrying in %.2g s",
-                               self.key, exc, delay)
+                               self.key, exc, retry_at - now)
                 continue
             retry_at = None
             if applied:
