@@ -1,5 +1,8 @@
 """``python -m benchmarks [--quick] [--out DIR] [--only NAMES]``: run, print, save.
 
+``python -m benchmarks --replot FILE.json --out DIR`` prints a saved run's tables
+again and redraws its plot.
+
 Starts a nats-server of its own (127.0.0.1, a free port, JetStream in a temporary
 directory) and stops it by PID at the end, runs the scenarios, prints one table
 per scenario and the targets, and writes the results as JSON and the plot as PNG
@@ -95,6 +98,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="seed for the random kill phases (default: from the clock)")
     parser.add_argument("--no-nats", action="store_true",
                         help="do not start a nats-server; memory and SQLite rows only")
+    parser.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                        help="run nothing: print the tables of a results file again and "
+                             "redraw its plot into --out")
     args = parser.parse_args(argv)
     args.selected = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(args.selected) - set(SCENARIOS))
@@ -115,8 +121,41 @@ def _summary(results: dict[str, Any]) -> tuple[list[Table], list[Target]]:
     return tables, found
 
 
+def _print_tables(results: dict[str, Any]) -> list[Target]:
+    tables, found = _summary(results)
+    for t in tables:
+        print()
+        print(t.render())
+    if found:
+        targets = Table("Targets", ["target", "rule", "measured", "verdict"])
+        for target in found:
+            targets.add(target.name, target.rule, target.measured, target.verdict)
+        print()
+        print(targets.render())
+    return found
+
+
+def _plot_title(meta: dict[str, Any], mode: str) -> str:
+    return (f"trio-noleader {meta['trio-noleader']} ({mode}); {meta['cpus_usable']} CPUs, "
+            f"Python {meta['python']}, nats-server {meta['nats-server']}")
+
+
+def replot(path: Path, out: Path) -> int:
+    document = json.loads(path.read_text())
+    meta = document["machine"]
+    print(f"trio-noleader {meta['trio-noleader']} benchmarks ({document['mode']}), "
+          f"from {path}")
+    _print_tables(document["results"])
+    print()
+    print(plot(document["results"], out / "handover_failover.png",
+               _plot_title(meta, document["mode"])))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.replot is not None:
+        return replot(args.replot, args.out)
     seed = args.seed if args.seed is not None else time.time_ns() % 1_000_000
     tmp = Path(tempfile.mkdtemp(prefix="noleader-bench-"))
     server: NatsServer | None = None
@@ -174,16 +213,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", at end " + " ".join(f"{x:.2f}" for x in load_end))
     if env.nats_skip:
         print(f"NATS rows skipped: {env.nats_skip}")
-    tables, found = _summary(results)
-    for t in tables:
-        print()
-        print(t.render())
-    if found:
-        targets = Table("Targets", ["target", "rule", "measured", "verdict"])
-        for target in found:
-            targets.add(target.name, target.rule, target.measured, target.verdict)
-        print()
-        print(targets.render())
+    found = _print_tables(results)
     for name, text in failures.items():
         print(f"\n{name} did not run to the end:\n{text}")
 
@@ -195,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = args.out / f"benchmarks-{'quick' if args.quick else 'full'}-{tag}.json"
     json_path.write_text(json.dumps(document, indent=1))
     print(f"\nresults written to {json_path}")
-    print(plot(results, args.out / "handover_failover.png",
-               f"trio-noleader {meta['trio-noleader']} ({mode}); {meta['cpus_usable']} CPUs, "
-               f"Python {meta['python']}, nats-server {meta['nats-server']}"))
+    print(plot(results, args.out / "handover_failover.png", _plot_title(meta, mode)))
     if failures:
         print(f"worker logs kept in {tmp / 'logs'}")
     else:

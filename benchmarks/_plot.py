@@ -56,7 +56,7 @@ def plot(results: dict[str, Any], path: Path, title: str) -> str:
         right.scatter([i + rng.uniform(-0.15, 0.15) for _ in late], late, s=10, alpha=0.6)
     right.axhline(0, color="grey", lw=0.8)
     right.axhline(500, color="red", lw=0.8, ls="--", label="target: ttl + 0.5 s")
-    ticks = [n.replace("raw nats-py", "raw expiry").replace(" ttl=", "\nttl=") for n in names]
+    ticks = [n.replace("raw nats-py", "raw\nexpiry").replace(" ttl=", "\nttl=") for n in names]
     right.set_xticks(range(len(names)), ticks, fontsize="x-small")
     right.set_ylabel("failover - ttl (ms)")
     right.set_title("Crash failover (SIGKILL)")

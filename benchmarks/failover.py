@@ -160,7 +160,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
             continue
         worst = max(s - float(group["ttl"]) for s in samples)
         found.append(Target(f"crash failover, {name}", f"< ttl + {TARGET_SLACK:g} s",
-                            f"max failover - ttl {worst * 1e3:+.0f} ms",
+                            f"max failover - ttl {worst * 1e3:+.1f} ms",
                             worst < TARGET_SLACK))
     if not found:
         found.append(Target("crash failover", f"< ttl + {TARGET_SLACK:g} s", "-", None))
