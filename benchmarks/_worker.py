@@ -190,19 +190,29 @@ async def renewal(url: str, prefix: str, leases: int, ttl: float, rounds: int) -
                 round_cpu.append(cpu_seconds() - before)
             cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
             calls = {name: backend.calls[name] - calls0[name] for name in calls0}
-            # Still held? By our own deadline, and by what the store says.
-            now = trio.current_time()
-            held_locally = sum(1 for lead in held.values()
-                               if not lead.cancel_scope.cancel_called and lead.deadline > now)
-            held_in_store = 0
-            for i, lead in held.items():
+            # Still held? Per lease, what the store says and, right after, what the
+            # holder's own deadline says. The two must agree except in one direction: a
+            # body may stop (its deadline passed) before the store drops the lease, never
+            # run on after the store dropped it ("unsafe" counts that, and must be 0).
+            held_in_store = held_locally = unsafe = 0
+
+            async def check(i: int, lead: trio_noleader.Leadership) -> None:
+                nonlocal held_in_store, held_locally, unsafe
                 info = await trio_noleader.current_leader(f"{prefix}/{i}", backend=inner)
-                if info is not None and info.candidate_id == lead.candidate_id:
-                    held_in_store += 1
+                in_store = info is not None and info.candidate_id == lead.candidate_id
+                local = (not lead.cancel_scope.cancel_called
+                         and lead.deadline > trio.current_time())
+                held_in_store += in_store
+                held_locally += local
+                unsafe += local and not in_store
+
+            async with trio.open_nursery() as checks:
+                for i, lead in held.items():
+                    checks.start_soon(check, i, lead)
             done.set()
         emit(leases=leases, ttl=ttl, renew_interval=renew_interval, rounds=rounds, cpu=cpu,
              wall=wall, round_cpu=round_cpu, calls=calls, held_locally=held_locally,
-             held_in_store=held_in_store, lost=len(lost), errors=len(errors),
+             held_in_store=held_in_store, unsafe=unsafe, lost=len(lost), errors=len(errors),
              error_kinds=sorted({e.split(":", 1)[0] for e in errors}), acquire_s=acquire_s,
              acquire_spread_s=spread)
 
