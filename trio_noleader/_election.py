@@ -425,7 +425,10 @@ def hold_leadership(
         NoLeaderError: on entry if *backend* is None and no backend is open.
         ValueError, TypeError: at once for a bad key or timing (see the rules:
             ``ttl`` finite and > 0, ``0 < renew_interval < ttl``,
-            ``0 <= guard < ttl - renew_interval``).
+            ``0 <= guard < ttl - renew_interval``), or for a ttl the backend
+            cannot keep (``Backend.check_ttl``). ``ValueError`` also comes, after
+            I/O, when leases keep expiring before they can be renewed because the
+            store's round trips do not fit in ``ttl - guard - renew_interval``.
 
     Transient store errors while campaigning are logged and retried with capped
     backoff. Exceptions come out bare, never wrapped in an ``ExceptionGroup``.
