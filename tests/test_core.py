@@ -283,3 +283,25 @@ async def test_renewal_backoff_leaves_a_try_before_the_deadline(
             await trio.sleep(20)
             assert not lead.cancel_scope.cancel_called
             assert lead.deadline > trio.current_time()
+
+
+async def test_current_leadership_gives_run_as_leader_its_token(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryBackend()
+    with pytest.raises(NoLeaderError, match="outside hold_leadership"):
+        trio_noleader.current_leadership()
+
+    async def work() -> int:
+        async with trio.open_nursery() as nursery:  # child tasks see it too
+            nursery.start_soon(trio.sleep, 0)
+        return trio_noleader.current_leadership().token
+
+    async with hold_leadership(KEY, backend=store, ttl=TTL) as first:
+        pass
+    token = await trio_noleader.run_as_leader(KEY, work, backend=store, ttl=TTL)
+    assert token > first.token
+    info = await current_leader(KEY, backend=store)
+    assert info is None
+    with pytest.raises(NoLeaderError):
+        trio_noleader.current_leadership()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import abc as abc
 from ._election import Leadership as Leadership
+from ._election import current_leadership as current_leadership
 from ._election import hold_leadership as hold_leadership
 from ._exceptions import BackendUnavailable as BackendUnavailable
 from ._exceptions import KeyExists as KeyExists
@@ -40,8 +41,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-for _obj in (Leadership, hold_leadership, BackendUnavailable, KeyExists, LeadershipLost,
-             NoLeaderError, RevisionMismatch, current_leader, run_as_leader, watch_leader,
-             MemoryBackend, open_backend, open_sqlite_backend, Entry, LeaderInfo):
+for _obj in (Leadership, current_leadership, hold_leadership, BackendUnavailable, KeyExists,
+             LeadershipLost, NoLeaderError, RevisionMismatch, current_leader, run_as_leader,
+             watch_leader, MemoryBackend, open_backend, open_sqlite_backend, Entry, LeaderInfo):
     _obj.__module__ = __name__
 del _obj

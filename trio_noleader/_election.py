@@ -7,17 +7,24 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextvars import ContextVar
 from typing import TypeVar
 
 import trio
 
 from ._context import janitor_for, release, resolve_backend
-from ._exceptions import BackendUnavailable, KeyExists, LeadershipLost, RevisionMismatch
+from ._exceptions import (
+    BackendUnavailable,
+    KeyExists,
+    LeadershipLost,
+    NoLeaderError,
+    RevisionMismatch,
+)
 from ._types import Entry, check_key, check_timing, decode_value, encode_value, new_candidate_id
 from ._unwrap import bare_exceptions
 from .abc import Backend
 
-__all__ = ["Leadership", "hold_leadership"]
+__all__ = ["Leadership", "current_leadership", "hold_leadership"]
 
 logger = logging.getLogger("trio_noleader")
 
@@ -116,6 +123,26 @@ class Leadership:
     def __repr__(self) -> str:
         return (f"<Leadership key={self.key!r} candidate_id={self.candidate_id} "
                 f"token={self.token} deadline={self.deadline:.3f}>")
+
+
+_current_leadership: ContextVar[Leadership | None] = ContextVar(
+    "trio_noleader_current_leadership", default=None)
+
+
+def current_leadership() -> Leadership:
+    """The :class:`Leadership` of the innermost ``hold_leadership`` block around the caller.
+
+    Child tasks started inside the block see it too. Most useful with
+    :func:`run_as_leader`, whose function is not handed its term: call this to get
+    the term's fencing token.
+
+    Raises:
+        NoLeaderError: outside any ``hold_leadership`` block.
+    """
+    lead = _current_leadership.get()
+    if lead is None:
+        raise NoLeaderError("current_leadership() called outside hold_leadership/run_as_leader")
+    return lead
 
 
 class _Campaign:
@@ -460,10 +487,12 @@ async def _hold(key: str, backend_arg: Backend | None, ttl: float, renew_interva
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(campaign.renew_loop, lead)
+                token = _current_leadership.set(lead)
                 try:
                     with lead.cancel_scope:
                         yield lead
                 finally:
+                    _current_leadership.reset(token)
                     nursery.cancel_scope.cancel()
         finally:
             await campaign.release()

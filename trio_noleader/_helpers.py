@@ -36,8 +36,8 @@ async def run_as_leader(
 
     Each campaign draws a fresh candidate id. When the lease is lost the call is
     cancelled and, once it has unwound, the campaign starts again, so *async_fn*
-    may run several times; use :func:`hold_leadership` directly when the body needs
-    each term's fencing token.
+    may run several times; inside it, :func:`current_leadership` gives each term's
+    :class:`Leadership` (its fencing token).
     A :meth:`Leadership.resign` steps down and campaigns again too. Returns what
     *async_fn* returns. Works with :meth:`trio.Nursery.start`: the first election
     calls ``task_status.started(leadership)``.
