@@ -92,6 +92,7 @@ async def test_good_edges_are_accepted() -> None:
         ("nats://[::1", ValueError, "malformed backend URL"),
         ("redis://user:hunter2@host/", ValueError, "redis://user:\\*\\*\\*@host/"),
         (None, TypeError, "url must be a str"),
+        ("redis://" + "h" * 1_000_000, ValueError, "unknown backend URL 'redis://hhh"),
     ],
 )
 async def test_bad_url(url: Any, error: type[Exception], message: str) -> None:
@@ -99,6 +100,7 @@ async def test_bad_url(url: Any, error: type[Exception], message: str) -> None:
         async with open_backend(url):
             pass  # pragma: no cover
     assert "hunter2" not in str(info.value)
+    assert len(str(info.value)) < 500
 
 
 def _literal(text: str) -> str:

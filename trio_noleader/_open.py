@@ -50,7 +50,7 @@ async def open_backend(url: str) -> AsyncIterator[Backend]:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ValueError(f"malformed backend URL {redact_url(url)!r}: {exc}") from None
+        raise ValueError(f"malformed backend URL {redact_url(url)[:200]!r}: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme == "memory":
         async with MemoryBackend() as backend:
@@ -67,6 +67,6 @@ async def open_backend(url: str) -> AsyncIterator[Backend]:
             yield backend
     else:
         raise ValueError(
-            f"unknown backend URL {redact_url(url)!r}: the scheme must be one of "
+            f"unknown backend URL {redact_url(url)[:200]!r}: the scheme must be one of "
             "memory://, sqlite:///path, nats://host:port/bucket"
         )
