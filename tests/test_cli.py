@@ -246,8 +246,12 @@ async def test_bad_input(args: Sequence[str], code: int, message: str, url: str)
     assert "Traceback" not in out
 
 
-async def test_demo_ends_by_itself() -> None:
-    code, out = await run_cli("demo", "--rounds", "1", "--pause", "0.2", "--ttl", "1",
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("nats", marks=pytest.mark.nats)])
+async def test_demo_ends_by_itself(store: str, request: pytest.FixtureRequest) -> None:
+    url = []
+    if store == "nats":
+        url = ["--url", f"{request.getfixturevalue('nats_url')}/demo_{os.getpid()}"]
+    code, out = await run_cli("demo", "--rounds", "1", "--pause", "0.2", "--ttl", "1", *url,
                               limit=60)
     assert code == 0, out
     assert "graceful handover" in out
