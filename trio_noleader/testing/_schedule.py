@@ -126,7 +126,8 @@ class Fault:
         candidate: int | None = getattr(self, "candidate", None)
         return candidate
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
+        # Every fault dataclass runs this; the subclasses add their own checks.
         _check_time("at", self.at)
         duration = getattr(self, "duration", 0.0)
         _check_time("duration", duration)
@@ -144,9 +145,6 @@ class Partition(Fault):
     at: float
     duration: float
 
-    def __post_init__(self) -> None:
-        self._validate()
-
 
 @dataclass(frozen=True)
 class Outage(Fault):
@@ -154,9 +152,6 @@ class Outage(Fault):
 
     at: float
     duration: float
-
-    def __post_init__(self) -> None:
-        self._validate()
 
 
 @dataclass(frozen=True)
@@ -167,9 +162,6 @@ class Pause(Fault):
     at: float
     duration: float
 
-    def __post_init__(self) -> None:
-        self._validate()
-
 
 @dataclass(frozen=True)
 class Crash(Fault):
@@ -177,9 +169,6 @@ class Crash(Fault):
 
     candidate: int
     at: float
-
-    def __post_init__(self) -> None:
-        self._validate()
 
 
 @dataclass(frozen=True)
@@ -190,9 +179,6 @@ class Restart(Fault):
     candidate: int
     at: float
     duration: float
-
-    def __post_init__(self) -> None:
-        self._validate()
 
 
 @dataclass(frozen=True)
@@ -208,7 +194,7 @@ class Lossy(Fault):
     replies: float = 1.0
 
     def __post_init__(self) -> None:
-        self._validate()
+        super().__post_init__()
         for name in ("requests", "replies"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -230,7 +216,7 @@ class Slow(Fault):
     latency: float
 
     def __post_init__(self) -> None:
-        self._validate()
+        super().__post_init__()
         _check_time("latency", self.latency)
 
     @property
