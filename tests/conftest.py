@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import spec_memory
@@ -60,3 +61,16 @@ async def backend(
 ) -> AsyncIterator[Backend]:
     async with spec.open(request) as store:
         yield store
+
+
+@pytest.fixture
+def quiet_core_logging() -> Iterator[None]:
+    """Only errors from the library: simulations log thousands of retries and losses,
+    and pytest would keep every record."""
+    logger = logging.getLogger("trio_noleader")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

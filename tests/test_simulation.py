@@ -12,9 +12,6 @@ exactly and shrinks to a short, printable schedule: paste it into
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import event, given
 
@@ -38,6 +35,8 @@ from trio_noleader.testing import (
 # tests/test_simulation_regressions.py.
 SCHEDULES = schedules()
 
+pytestmark = pytest.mark.usefixtures("quiet_core_logging")
+
 
 def play(schedule: Schedule) -> Trace:
     return simulate(schedule)
@@ -56,18 +55,6 @@ def play_noting(schedule: Schedule) -> Trace:
            for w in trace.store_writes):
         event("a write landed long after it was sent")
     return trace
-
-
-@pytest.fixture(autouse=True)
-def _quiet_core_logging() -> Iterator[None]:
-    # Thousands of runs log retries and losses; pytest would keep every record.
-    logger = logging.getLogger("trio_noleader")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @given(SCHEDULES)

@@ -35,9 +35,6 @@ that only adopted).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import pytest
 import trio
 import trio.testing
@@ -59,16 +56,7 @@ from trio_noleader.testing import (
 
 TIMING = Timing(ttl=10.0, renew_interval=3.333, guard=1.0)
 
-
-@pytest.fixture(autouse=True)
-def _quiet_core_logging() -> Iterator[None]:
-    logger = logging.getLogger("trio_noleader")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_core_logging")
 
 
 # -- bug 1: a slow store call escapes as trio.TooSlowError ---------------------------

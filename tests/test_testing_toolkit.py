@@ -6,9 +6,7 @@ that the checks notice: a check that cannot fail proves nothing.
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Iterator
 
 import pytest
 import trio
@@ -45,16 +43,7 @@ from trio_noleader.testing import (
 KEY = "toolkit"
 TIMING = Timing(ttl=10.0, renew_interval=3.333, guard=1.0)
 
-
-@pytest.fixture(autouse=True)
-def _quiet_core_logging() -> Iterator[None]:
-    logger = logging.getLogger("trio_noleader")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_core_logging")
 
 
 # -- public surface -------------------------------------------------------------------
