@@ -1,4 +1,4 @@
-"""Three OS processes contend for one key over NATS (tests/nats_candidate.py).
+"""Three OS processes contend for one key over NATS (tests/lease_candidate.py).
 
 The first leader is SIGKILLed right after a renewal: another process must lead
 within ttl + 1 s of the kill, and not before the expiry the store showed for the
@@ -33,7 +33,7 @@ pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals and pipes"),
 ]
 
-CANDIDATE = Path(__file__).with_name("nats_candidate.py")
+CANDIDATE = Path(__file__).with_name("lease_candidate.py")
 KEY = "jobs/exclusive"
 TTL = 2  # NATS TTLs are whole seconds
 
@@ -93,8 +93,8 @@ async def test_three_processes_one_leader_over_nats(nats_url: str) -> None:
             async with trio.open_nursery() as nursery:
                 for name in names:
                     processes[name] = await trio.lowlevel.open_process(
-                        [sys.executable, str(CANDIDATE), nats_url, bucket, name, KEY,
-                         str(TTL)],
+                        [sys.executable, str(CANDIDATE),
+                         f"{nats_url}/{bucket}?storage=memory", name, KEY, str(TTL)],
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                     nursery.start_soon(collect, name, processes[name], journal)
                 for name in names:

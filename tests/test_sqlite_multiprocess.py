@@ -1,4 +1,4 @@
-"""Three OS processes contend for one key over one SQLite file (tests/sqlite_candidate.py).
+"""Three OS processes contend for one key over one SQLite file (tests/lease_candidate.py).
 
 The leader is SIGKILLed after a renewal: another must lead within ttl + 1 s, and not
 before the expiry the store last showed for the killed one's lease. Then the next
@@ -24,13 +24,14 @@ import pytest
 import trio
 
 from trio_noleader import open_sqlite_backend
+from trio_noleader._sqlite import DEFAULT_POLL_INTERVAL
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals and pipes")
 
-SCRIPT = Path(__file__).with_name("sqlite_candidate.py")
+SCRIPT = Path(__file__).with_name("lease_candidate.py")
 KEY = "jobs/exclusive"
 TTL = 1.5
-POLL_INTERVAL = 0.025
+POLL_INTERVAL = DEFAULT_POLL_INTERVAL  # what the candidates' backends use
 
 
 @dataclass
@@ -84,8 +85,7 @@ async def test_three_processes_one_leader_kill_and_handover(tmp_path: Path) -> N
             async with trio.open_nursery() as nursery:
                 for name in names:
                     process = await trio.lowlevel.open_process(
-                        [sys.executable, str(SCRIPT), str(db), name, KEY, str(TTL),
-                         str(POLL_INTERVAL)],
+                        [sys.executable, str(SCRIPT), f"sqlite://{db}", name, KEY, str(TTL)],
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                     processes[name] = process
                     nursery.start_soon(read_lines, name, process, log)

@@ -1,13 +1,12 @@
-"""One candidate process for test_nats_multiprocess.py.
+"""One candidate process for the multi-process tests (NATS and SQLite).
 
-Usage: ``python nats_candidate.py SERVER_URL BUCKET NAME KEY TTL``
+Usage: ``python lease_candidate.py URL NAME KEY TTL`` (URL as for ``open_backend``).
 
-Opens the NATS backend, campaigns for KEY and, once elected, leads until a line
-arrives on stdin (or stdin closes); then it leaves its block, which releases the
-lease, and exits. Every step is one JSON line on stdout stamped with
-:func:`time.time` (all processes of the host share that clock): ``campaign``,
-``start`` (the body began), ``stop`` (the body is ending, before the release),
-``lost`` and ``exit``.
+Opens the backend, campaigns for KEY and, once elected, leads until a line arrives
+on stdin (or stdin closes); then it leaves its block, which releases the lease, and
+exits. Every step is one JSON line on stdout stamped with :func:`time.time` (all
+processes of the host share that clock): ``campaign``, ``start`` (the body began),
+``stop`` (the body is ending, before the release), ``lost`` and ``exit``.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import time
 
 import trio
 
-from trio_noleader import LeadershipLost, hold_leadership, open_nats_backend
+from trio_noleader import LeadershipLost, hold_leadership, open_backend
 
 
 def report(name: str, event: str, token: int | None = None) -> None:
@@ -38,8 +37,8 @@ async def until_told() -> None:
             received += chunk
 
 
-async def main(url: str, bucket: str, name: str, key: str, ttl: float) -> int:
-    async with open_nats_backend(url, bucket=bucket, storage="memory"):
+async def main(url: str, name: str, key: str, ttl: float) -> int:
+    async with open_backend(url):
         report(name, "campaign")
         try:
             async with hold_leadership(key, ttl=ttl) as lead:
@@ -56,5 +55,5 @@ async def main(url: str, bucket: str, name: str, key: str, ttl: float) -> int:
 
 
 if __name__ == "__main__":
-    url, bucket, name, key, ttl = sys.argv[1:6]
-    sys.exit(trio.run(main, url, bucket, name, key, float(ttl)))
+    url, name, key, ttl = sys.argv[1:5]
+    sys.exit(trio.run(main, url, name, key, float(ttl)))
