@@ -296,12 +296,6 @@ class _Campaign:
                     if entry is None or (maybe_ours and self._ours(entry)):
                         return
 
-    async def abandon(self) -> None:
-        """The campaign ended unelected: remove a lease of ours that may have landed."""
-        if self.revision is None and self.unresolved is None:
-            return
-        await self._release_shielded()
-
     # -- term --------------------------------------------------------------------
 
     async def renew_once(self) -> bool:
@@ -385,8 +379,13 @@ class _Campaign:
             logger.debug("renewed %s (token %d, revision %d)", self.key, self.token,
                          self.revision)
 
-    async def _release_shielded(self) -> None:
-        """Release our lease, shielded and bounded; leave it to the janitor on failure."""
+    async def release(self) -> None:
+        """Release our lease, shielded and bounded; leave it to the janitor on failure.
+
+        Also for a campaign that ended unelected: a create of ours may have landed.
+        """
+        if self.revision is None and self.unresolved is None:
+            return
         released = False
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + min(RELEASE_TIMEOUT, self.ttl)
@@ -405,9 +404,6 @@ class _Campaign:
         janitor_for(self.backend).add(self.key, self.candidate_id)
         self.revision = None
         self.unresolved = None
-
-    async def release(self) -> None:
-        await self._release_shielded()
 
 
 def hold_leadership(
@@ -479,7 +475,7 @@ async def _hold(key: str, backend_arg: Backend | None, ttl: float, renew_interva
         try:
             await campaign.campaign()
         except BaseException:
-            await campaign.abandon()
+            await campaign.release()
             raise
         lead = Leadership(key, campaign.candidate_id, campaign.token, campaign.deadline)
         logger.info("elected for %s (candidate %s, token %d)", key, lead.candidate_id,
