@@ -11,7 +11,7 @@ import trio
 import trio_asyncio
 from harness import BackendSpec
 
-from trio_noleader._nats import NatsBackend, open_nats_backend
+from trio_noleader import NatsBackend, open_nats_backend
 from trio_noleader.abc import Backend
 
 

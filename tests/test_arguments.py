@@ -34,18 +34,18 @@ BAD_KEYS: list[tuple[Any, type[Exception], str]] = [
 ]
 
 BAD_TIMINGS: list[tuple[dict[str, Any], type[Exception], str]] = [
-    ({"ttl": 0}, ValueError, "ttl=0.0: must be > 0"),
-    ({"ttl": -1}, ValueError, "ttl=-1.0: must be > 0"),
+    ({"ttl": 0}, ValueError, "ttl=0: must be a finite number of seconds > 0"),
+    ({"ttl": -1}, ValueError, "ttl=-1: must be a finite number of seconds > 0"),
     ({"ttl": math.nan}, ValueError, "ttl=nan: must be a finite number"),
     ({"ttl": math.inf}, ValueError, "ttl=inf: must be a finite number"),
     ({"ttl": "15"}, TypeError, "ttl must be a number of seconds, got str"),
     ({"ttl": True}, TypeError, "ttl must be a number of seconds, got bool"),
     ({"ttl": None}, TypeError, "ttl must be a number of seconds, got NoneType"),
-    ({"ttl": 10, "renew_interval": 0}, ValueError, "renew_interval=0.0: must be > 0"),
+    ({"ttl": 10, "renew_interval": 0}, ValueError, "renew_interval=0: must be a finite number of seconds > 0"),
     ({"ttl": 10, "renew_interval": 10}, ValueError, "renew_interval must be < ttl"),
     ({"ttl": 10, "renew_interval": 12}, ValueError, "renew_interval must be < ttl"),
-    ({"ttl": 10, "renew_interval": -2}, ValueError, "renew_interval=-2.0"),
-    ({"ttl": 10, "guard": -1}, ValueError, "guard=-1.0: must be >= 0"),
+    ({"ttl": 10, "renew_interval": -2}, ValueError, "renew_interval=-2: must be"),
+    ({"ttl": 10, "guard": -1}, ValueError, "guard=-1: must be a finite number of seconds >= 0"),
     ({"ttl": 10, "renew_interval": 5, "guard": 5}, ValueError,
      "guard must be < ttl - renew_interval"),
     ({"ttl": 10, "guard": math.nan}, ValueError, "guard=nan"),

@@ -34,13 +34,15 @@ from test_arguments import BAD_KEYS, BAD_TIMINGS
 from trio_noleader import (
     BackendUnavailable,
     MemoryBackend,
+    NatsBackend,
     current_leader,
     hold_leadership,
+    open_nats_backend,
     open_sqlite_backend,
     run_as_leader,
     watch_leader,
 )
-from trio_noleader._nats import NatsBackend, open_nats_backend, parse_nats_url
+from trio_noleader._urls import parse_nats_url
 from trio_noleader.abc import Backend
 from trio_noleader.testing import FaultyBackend
 

@@ -227,8 +227,8 @@ async def test_status_and_watch(url: str) -> None:
     [
         (["run", "bad key", "--", "true"], 2, "invalid key 'bad key'"),
         (["run", "k"], 2, "run needs a command"),
-        (["run", "k", "--ttl", "0", "--", "true"], 2, "must be a finite number > 0"),
-        (["run", "k", "--ttl", "nan", "--", "true"], 2, "must be a finite number > 0"),
+        (["run", "k", "--ttl", "0", "--", "true"], 2, "must be a finite number of seconds > 0"),
+        (["run", "k", "--ttl", "nan", "--", "true"], 2, "must be a finite number of seconds > 0"),
         (["status", "--url", "redis://h"], 2, "unknown backend URL 'redis://h'"),
         (["status", "--url", "nats://user:s3cret@127.0.0.1:1/b"], 122,
          "store unavailable"),

@@ -38,19 +38,14 @@ from trio_noleader import (
     Entry,
     KeyExists,
     RevisionMismatch,
+    _nats_setup,
     current_leader,
     hold_leadership,
     open_backend,
 )
-from trio_noleader import _nats as nats_backend
-from trio_noleader._nats import (
-    MARKER_TTL,
-    NatsBackend,
-    open_nats_backend,
-    open_nats_backend_from_url,
-    parse_nats_url,
-)
-from trio_noleader._open import redact_url
+from trio_noleader._nats import MARKER_TTL, NatsBackend
+from trio_noleader._nats_setup import open_nats_backend
+from trio_noleader._urls import parse_nats_url, redact_url
 
 pytestmark = pytest.mark.nats
 
@@ -477,7 +472,7 @@ async def test_rust_noleader_interop(nats_url: str, caplog: pytest.LogCaptureFix
 async def test_old_servers_are_refused(nats_url: str, monkeypatch: pytest.MonkeyPatch,
                                        version: str, refused: bool) -> None:
     # Not a mock of NATS: the real server answers, only the version it reports differs.
-    monkeypatch.setattr(nats_backend, "_server_version", lambda nc: version)
+    monkeypatch.setattr(_nats_setup, "_server_version", lambda nc: version)
     host = nats_url.partition("://")[2]
     url = f"nats://alice:s3cret-pw@{host}"  # the server has no auth: ignored there
     bucket = f"test_{uuid.uuid4().hex[:16]}"
@@ -526,7 +521,8 @@ async def test_credentials_pass_through_and_stay_secret(
     with NatsServer(tmp_path / "userpass", args=["--user", "alice", "--pass", "s3cret-pw"]
                     ) as server:
         host = server.url.partition("://")[2]
-        async with open_nats_backend_from_url(f"nats://alice:s3cret-pw@{host}/creds") as store:
+        async with open_backend(f"nats://alice:s3cret-pw@{host}/creds") as store:
+            assert isinstance(store, NatsBackend)
             assert store.bucket == "creds"
             assert "s3cret-pw" not in repr(store)
             revision = await store.create(KEY, b"a" * 16, ttl=5)
@@ -536,7 +532,7 @@ async def test_credentials_pass_through_and_stay_secret(
             assert await store.get(KEY) is not None
         with trio.fail_after(10), pytest.raises(BackendUnavailable, match="authorization"
                                                 ) as raised:
-            async with open_nats_backend_from_url(f"nats://alice:wr0ng-pw@{host}/creds"):
+            async with open_backend(f"nats://alice:wr0ng-pw@{host}/creds"):
                 pytest.fail("wrong password accepted")  # pragma: no cover
         assert host in str(raised.value)
         assert "wr0ng-pw" not in str(raised.value)
@@ -549,7 +545,7 @@ async def test_credentials_pass_through_and_stay_secret(
             async with hold_leadership(KEY, ttl=1) as lead:
                 assert lead.token > 0
         with trio.fail_after(10), pytest.raises(BackendUnavailable) as raised:
-            async with open_nats_backend_from_url(f"nats://bad-t0ken@{host}/tok"):
+            async with open_backend(f"nats://bad-t0ken@{host}/tok"):
                 pytest.fail("wrong token accepted")  # pragma: no cover
         assert "bad-t0ken" not in str(raised.value)
     for secret in ("s3cret-pw", "wr0ng-pw", "t0ken-value", "bad-t0ken"):

@@ -38,11 +38,12 @@ from spec_nats import delete_bucket
 from trio_noleader import (
     BackendUnavailable,
     LeadershipLost,
+    NatsBackend,
     current_leader,
     hold_leadership,
     open_backend,
+    open_nats_backend,
 )
-from trio_noleader._nats import NatsBackend, open_nats_backend
 
 pytestmark = pytest.mark.nats
 

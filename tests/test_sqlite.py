@@ -23,12 +23,13 @@ from trio_noleader import (
     Entry,
     KeyExists,
     RevisionMismatch,
+    SQLiteBackend,
     current_leader,
     hold_leadership,
     open_backend,
     open_sqlite_backend,
 )
-from trio_noleader._sqlite import SQLiteBackend, path_from_url
+from trio_noleader._urls import path_from_url
 
 KEY = "jobs/compactor"
 

@@ -414,8 +414,8 @@ def test_mutation_release_deletes_whatever_is_there(monkeypatch: pytest.MonkeyPa
         await backend.delete(key, revision=entry.revision)  # type: ignore[attr-defined]
         return True
 
-    monkeypatch.setattr(_election, "release", careless_release)
-    monkeypatch.setattr("trio_noleader._context.release", careless_release)
+    monkeypatch.setattr(_election, "release_if_ours", careless_release)
+    monkeypatch.setattr("trio_noleader._release.release_if_ours", careless_release)
     with pytest.raises(AssertionError, match="deleted c1's lease"):
         simulate(schedule).check_hygiene()
 

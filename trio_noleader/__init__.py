@@ -1,7 +1,7 @@
 """trio-noleader: leader election and distributed leases for Trio.
 
 Exactly one of your replicas runs the work; the others wait and take over in
-milliseconds when it leaves, or one lease TTL after it crashes.
+milliseconds when it leaves, or one lease TTL after it crashes. See README.rst.
 """
 
 from __future__ import annotations
@@ -22,27 +22,62 @@ from ._helpers import run_as_leader as run_as_leader
 from ._helpers import watch_leader as watch_leader
 from ._memory import MemoryBackend as MemoryBackend
 from ._open import open_backend as open_backend
+from ._sqlite import SQLiteBackend as SQLiteBackend
 from ._sqlite import open_sqlite_backend as open_sqlite_backend
 from ._types import Entry as Entry
 from ._types import LeaderInfo as LeaderInfo
+from ._util import fixup_module_metadata
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
-    from ._nats import open_nats_backend as open_nats_backend
+    from ._nats import NatsBackend as NatsBackend
+    from ._nats_setup import open_nats_backend as open_nats_backend
+
+__all__ = [
+    "BackendUnavailable",
+    "Entry",
+    "KeyExists",
+    "LeaderInfo",
+    "Leadership",
+    "LeadershipLost",
+    "MemoryBackend",
+    "NatsBackend",
+    "NoLeaderError",
+    "RevisionMismatch",
+    "SQLiteBackend",
+    "__version__",
+    "abc",
+    "current_leader",
+    "current_leadership",
+    "hold_leadership",
+    "open_backend",
+    "open_nats_backend",
+    "open_sqlite_backend",
+    "run_as_leader",
+    "watch_leader",
+]
+
+#: Names served on first use, because they need an optional extra (name -> module).
+_LAZY = {
+    "NatsBackend": "._nats",
+    "open_nats_backend": "._nats_setup",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # nats-py and trio-asyncio are an optional extra: import them on first use.
-    if name == "open_nats_backend":
-        from ._nats import open_nats_backend
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
 
-        open_nats_backend.__module__ = __name__
-        return open_nats_backend
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    fixup_module_metadata(__name__, {name: value}, [name])
+    globals()[name] = value
+    return value
 
 
-for _obj in (Leadership, current_leadership, hold_leadership, BackendUnavailable, KeyExists,
-             LeadershipLost, NoLeaderError, RevisionMismatch, current_leader, run_as_leader,
-             watch_leader, MemoryBackend, open_backend, open_sqlite_backend, Entry, LeaderInfo):
-    _obj.__module__ = __name__
-del _obj
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+fixup_module_metadata(__name__, globals(), __all__)

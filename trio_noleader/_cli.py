@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -14,16 +13,17 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import trio
 
 from ._election import hold_leadership
 from ._exceptions import BackendUnavailable, LeadershipLost, NoLeaderError, RevisionMismatch
 from ._helpers import current_leader, watch_leader
-from ._open import open_backend, redact_url
-from ._types import LeaderInfo, check_key, check_timing
+from ._open import open_backend
+from ._types import LeaderInfo, check_key, check_seconds, check_timing
 from ._unwrap import bare_exceptions
+from ._urls import redact_url
 from ._version import __version__
 
 #: Exit codes of ``noleader`` itself (``run`` otherwise exits with the command's code).
@@ -408,12 +408,10 @@ def _key(text: str) -> str:
 
 def _seconds(text: str) -> float:
     try:
-        value = float(text)
+        return check_seconds("seconds", float(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be a finite number of seconds > 0") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,10 +489,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
 }
 
 
-def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
-    parser.error(message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``noleader`` console script."""
     parser = build_parser()
@@ -506,21 +500,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, command = argv[:split], argv[split + 1:]
     args = parser.parse_args(argv)
     if command is not None and args.command_name != "run":
-        _usage_error(parser, f"only `noleader run` takes a command after --, not "
+        parser.error(f"only `noleader run` takes a command after --, not "
                      f"`noleader {args.command_name}`")
     if args.command_name == "run":
         if not command:
-            _usage_error(parser, "run needs a command after --, e.g. "
+            parser.error("run needs a command after --, e.g. "
                          "noleader run KEY -- my-scheduler --flag")
         args.command = command
         try:
             check_timing(args.ttl, None, None)
         except ValueError as exc:
-            _usage_error(parser, str(exc))
+            parser.error(str(exc))
     if args.command_name != "demo" and args.url is None:
         args.url = default_url()
     if args.command_name == "demo" and (args.candidates < 2 or args.rounds < 1):
-        _usage_error(parser, "demo needs --candidates >= 2 and --rounds >= 1")
+        parser.error("demo needs --candidates >= 2 and --rounds >= 1")
     try:
         return trio.run(COMMANDS[args.command_name], args)
     except _Exit as exc:

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import trio
 
-from ._context import janitor_for, release, resolve_backend
+from ._context import resolve_backend
 from ._exceptions import (
     BackendUnavailable,
     KeyExists,
@@ -20,8 +20,18 @@ from ._exceptions import (
     NoLeaderError,
     RevisionMismatch,
 )
-from ._types import Entry, check_key, check_timing, decode_value, encode_value, new_candidate_id
+from ._release import RELEASE_TIMEOUT, janitor_for, release_if_ours
+from ._types import (
+    Entry,
+    check_key,
+    check_timing,
+    decode_value,
+    encode_value,
+    new_candidate_id,
+    type_error,
+)
 from ._unwrap import bare_exceptions
+from ._util import Backoff
 from .abc import Backend
 
 __all__ = ["Leadership", "current_leadership", "hold_leadership"]
@@ -29,9 +39,6 @@ __all__ = ["Leadership", "current_leadership", "hold_leadership"]
 logger = logging.getLogger("trio_noleader")
 
 T = TypeVar("T")
-
-#: Upper bound on how long a release on exit may take before it is left to the janitor.
-RELEASE_TIMEOUT = 5.0
 
 
 class _Lost(Exception):
@@ -46,23 +53,6 @@ class _Lost(Exception):
 #: has a ttl that no round trip fits in: it gives up with ValueError. (Expiries
 #: alone, say after an operator's reset, only make it back off.)
 MAX_EXPIRED_IN_A_ROW = 3
-
-
-class _Backoff:
-    """Capped exponential backoff with the first delay at *initial* seconds."""
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self.initial = initial
-        self.cap = max(cap, initial)
-        self.delay = initial
-
-    def reset(self) -> None:
-        self.delay = self.initial
-
-    def next(self) -> float:
-        delay = self.delay
-        self.delay = min(self.delay * 2, self.cap)
-        return delay
 
 
 class Leadership:
@@ -190,6 +180,36 @@ class _Campaign:
                 f"store call on {self.key!r} took longer than {self.renew_interval:.3g} s"
             ) from exc
 
+    async def _send(self, write: Callable[[], Awaitable[int]]) -> int:
+        """Send one lease write (create or renewal), keeping the books on its fate.
+
+        Until it answers, the write may land, now or late: ``unresolved`` keeps the
+        send time of the earliest such write. A definite refusal (``KeyExists``,
+        ``RevisionMismatch``) puts the books back as they were; success makes the
+        write's send time the base of the deadline. Returns the new revision.
+        """
+        sent = trio.current_time()
+        earlier = self.unresolved
+        self.unresolved = sent if earlier is None else earlier
+        try:
+            revision = await self._call(write)
+        except (KeyExists, RevisionMismatch):
+            self.unresolved = earlier
+            raise
+        self.revision = revision
+        self.base = sent
+        self.unresolved = None
+        self.renew_now = False
+        self.round_trip = max(self.round_trip, trio.current_time() - sent)
+        return revision
+
+    def deadline_passed(self) -> str:
+        """Why a term whose deadline passed was lost (the one message for it)."""
+        reason = "renewals did not succeed before the lease deadline"
+        if self.last_error is not None:
+            reason += f" ({self.failures} failed, last: {self.last_error})"
+        return reason
+
     def _adopt(self, entry: Entry) -> None:
         """Our candidate id is in the store: the lease is ours at that revision."""
         _, token = decode_value(entry.value, entry.revision)
@@ -219,7 +239,7 @@ class _Campaign:
                 await janitor.sweep(self.backend)
         # Capped at renew_interval: after an outage a candidate is back within one
         # renewal period of the store, not a whole ttl.
-        backoff = _Backoff(min(0.1, self.renew_interval / 4), min(5.0, self.renew_interval))
+        backoff = Backoff(min(0.1, self.renew_interval / 4), min(5.0, self.renew_interval))
         expired_in_a_row = 0
         while True:
             try:
@@ -261,20 +281,11 @@ class _Campaign:
                 return True
             if entry is not None:
                 return False
-        sent = trio.current_time()
-        earlier = self.unresolved
-        self.unresolved = sent if earlier is None else earlier
         try:
-            revision = await self._call(
+            self.token = await self._send(
                 lambda: self.backend.create(self.key, self.candidate_id.bytes, ttl=self.ttl))
         except KeyExists:
-            self.unresolved = earlier
             return False
-        self.revision = self.token = revision
-        self.base = sent
-        self.unresolved = None
-        self.renew_now = False
-        self.round_trip = max(self.round_trip, trio.current_time() - sent)
         return True
 
     async def _make_safe(self) -> None:
@@ -303,18 +314,14 @@ class _Campaign:
 
         Raises ``_Lost`` or ``BackendUnavailable``.
         """
-        sent = trio.current_time()
-        earlier = self.unresolved
-        self.unresolved = sent if earlier is None else earlier
         assert self.revision is not None
         value = encode_value(self.candidate_id, self.token)
         revision = self.revision
         try:
-            new_revision = await self._call(lambda: self.backend.update(
+            await self._send(lambda: self.backend.update(
                 self.key, value, revision=revision, ttl=self.ttl))
         except RevisionMismatch:
             # This write was not applied, but an earlier one of ours may have been.
-            self.unresolved = earlier
             entry = await self._call(lambda: self.backend.get(self.key))
             if self._ours(entry):
                 assert entry is not None
@@ -326,16 +333,11 @@ class _Campaign:
             info = decode_value(entry.value, entry.revision)[0]
             holder = f"candidate {info}" if info is not None else "an unknown holder"
             raise _Lost(f"the store shows {holder} at revision {entry.revision}") from None
-        self.revision = new_revision
-        self.base = sent
-        self.unresolved = None
-        self.renew_now = False
-        self.round_trip = max(self.round_trip, trio.current_time() - sent)
         return True
 
     async def renew_loop(self, lead: Leadership) -> None:
         """The sibling task: keep the lease, move the body's deadline, or cancel it."""
-        backoff = _Backoff(self.renew_interval / 10, self.renew_interval / 2)
+        backoff = Backoff(self.renew_interval / 10, self.renew_interval / 2)
         retry_at: float | None = None
         while True:
             # A pending retry's backoff wins over an adoption's "renew now": a link
@@ -348,10 +350,7 @@ class _Campaign:
                 wake = self.base + self.renew_interval
             await trio.sleep_until(min(wake, self.deadline))
             if trio.current_time() >= self.deadline:
-                reason = "renewals did not succeed before the lease deadline"
-                if self.last_error is not None:
-                    reason += f" ({self.failures} failed, last: {self.last_error})"
-                lead._lose(reason)
+                lead._lose(self.deadline_passed())
                 return
             try:
                 applied = await self.renew_once()
@@ -390,8 +389,8 @@ class _Campaign:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + min(RELEASE_TIMEOUT, self.ttl)
             try:
-                released = await release(self.backend, self.key, self.candidate_id,
-                                         self.revision)
+                released = await release_if_ours(self.backend, self.key,
+                                                 self.candidate_id, self.revision)
             except BackendUnavailable as exc:
                 logger.debug("release of %s failed: %s", self.key, exc)
             else:
@@ -459,7 +458,7 @@ def hold_leadership(
     check_key(key)
     timing = check_timing(ttl, renew_interval, guard)
     if not isinstance(wait, bool):
-        raise TypeError(f"wait must be a bool, got {type(wait).__name__}: {wait!r:.80}")
+        raise type_error("wait", wait, "a bool")
     if backend is not None:
         resolve_backend(backend)
     return _hold(key, backend, *timing, wait)
@@ -493,7 +492,7 @@ async def _hold(key: str, backend_arg: Backend | None, ttl: float, renew_interva
         finally:
             await campaign.release()
         if lead._lost is None and lead.cancel_scope.cancelled_caught and not lead.resigned:
-            lead._lose("the lease deadline passed before a renewal succeeded")
+            lead._lose(campaign.deadline_passed())
         if lead._lost is not None:
             await trio.lowlevel.checkpoint_if_cancelled()
             raise LeadershipLost(f"{key}: {lead._lost}")

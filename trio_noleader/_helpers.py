@@ -11,7 +11,7 @@ import trio
 from ._context import resolve_backend
 from ._election import Leadership, hold_leadership
 from ._exceptions import LeadershipLost
-from ._types import LeaderInfo, check_key, check_timing
+from ._types import LeaderInfo, check_key, check_timing, type_error
 from .abc import Backend
 
 __all__ = ["current_leader", "run_as_leader", "watch_leader"]
@@ -47,7 +47,7 @@ async def run_as_leader(
     check_key(key)
     check_timing(ttl, renew_interval, guard)
     if not callable(async_fn):
-        raise TypeError(f"async_fn must be an async function, got {async_fn!r:.80}")
+        raise type_error("async_fn", async_fn, "an async function")
     started = False
     while True:
         try:

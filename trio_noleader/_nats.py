@@ -1,8 +1,10 @@
 """NATS JetStream Key-Value backend, driven from Trio through trio-asyncio.
 
 nats-py is an asyncio library: every call into it goes through
-``trio_asyncio.aio_as_trio`` on the loop the backend was opened with. This is the
-only module that imports ``nats`` and ``trio_asyncio`` (the ``nats`` extra).
+``trio_asyncio.aio_as_trio`` (see :mod:`trio_noleader._aio`) on the loop the
+backend was opened with. This module is the key-value protocol and its watch;
+:mod:`trio_noleader._nats_setup` connects and provisions the bucket. Only these
+two import ``nats`` (the ``nats`` extra).
 
 A lease is one KV key whose last message is the holder's value, written with a
 per-message TTL (the ``Nats-TTL`` header, nats-server 2.11+). Every write is a
@@ -46,36 +48,27 @@ import json
 import logging
 import math
 import re
-import ssl
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
-import nats.aio.client
 import nats.errors
 import nats.js.errors
 import nats.js.kv
 import trio
-import trio_asyncio
 from nats.js import api
 
-from ._context import backend_scope
+from . import _aio
 from ._exceptions import BackendUnavailable, KeyExists, RevisionMismatch
-from ._open import redact_url
-from ._types import Entry, check_key
-from ._unwrap import bare_exceptions
+from ._types import Entry, check_key, type_error
 from .abc import Backend
 
-__all__ = ["NatsBackend", "open_nats_backend", "open_nats_backend_from_url"]
+__all__ = ["NatsBackend"]
 
 logger = logging.getLogger("trio_noleader")
 
 T = TypeVar("T")
-
-#: The oldest server with per-message TTLs and expiry markers (2.10 ignores Nats-TTL).
-MIN_SERVER_VERSION = (2, 11, 2)
 
 #: Seconds the server keeps an expiry marker (the bucket's ``limit_marker_ttl``).
 #: Long enough for a watcher whose consumer was reset after missed heartbeats
@@ -87,9 +80,6 @@ MARKER_TTL = 30.0
 #: Seconds for one JetStream API request (nats-py's own default is 5 s too).
 REQUEST_TIMEOUT = 5.0
 
-#: Default seconds for one connection attempt: an unreachable server fails fast.
-CONNECT_TIMEOUT = 2.0
-
 #: How often a waiting watcher checks that the connection is still alive.
 WATCH_LIVENESS_INTERVAL = 1.0
 
@@ -97,30 +87,16 @@ WATCH_LIVENESS_INTERVAL = 1.0
 #: watch breaks on any disconnect anyway, so the consumer need not outlive an outage.
 WATCH_INACTIVE_THRESHOLD = 15.0
 
-DEFAULT_BUCKET = "noleader"
-
-#: The longest bucket name: its stream, ``KV_<bucket>``, may have 255 characters.
-MAX_BUCKET_LENGTH = 252
-
 #: The longest lease TTL in seconds. nats-server (2.15) drops a message at once when
 #: its ``Nats-TTL`` overflows the server's nanosecond clock arithmetic (from about
 #: 9.2e9 s less the current Unix time): such a lease would vanish from the store
 #: while its holder's deadline lay centuries ahead.
 MAX_TTL = 10**9
 
-#: Bytes a bucket must accept in one message (``max_msg_size``): a renewal is 24
-#: bytes of value and about 95 of headers, a release about 90 of headers.
-MIN_MSG_SIZE = 256
-
-_BUCKET_RE = re.compile(r"[a-zA-Z0-9_-]+")
-_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
-
 # JSStreamWrongLastSequenceErrF and JSStreamWrongLastSequenceConstantErr.
 _WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 # JSStreamNotFoundErr: the bucket itself is gone, not just the key.
 _STREAM_NOT_FOUND = 10059
-# JSStreamNameExistErr: a concurrent opener created the bucket with another config.
-_STREAM_NAME_EXISTS = 10058
 
 _EXPECTED_LAST = api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value
 _KV_OPERATION = "KV-Operation"
@@ -132,14 +108,6 @@ _TRANSIENT = (nats.errors.Error, OSError, asyncio.TimeoutError)
 
 
 # -- small helpers --------------------------------------------------------------
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    """*text* with every known secret replaced by ``***`` (for error messages)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def _describe(exc: BaseException) -> str:
@@ -170,38 +138,6 @@ def _parse_duration(text: str) -> float | None:
     return float(match.group(1)) * unit
 
 
-def _server_version(nc: Any) -> str:
-    """The version string of the server *nc* is connected to (tests patch this)."""
-    version = nc.connected_server_version
-    text = f"{version.major}.{version.minor}.{version.patch}"
-    if version.prerelease:
-        text += f"-{version.prerelease}"
-    return text
-
-
-def _version_tuple(text: str) -> tuple[int, int, int] | None:
-    match = _VERSION_RE.match(text.strip())
-    if match is None:
-        return None
-    return int(match.group(1)), int(match.group(2)), int(match.group(3))
-
-
-def _check_bucket_name(bucket: object) -> str:
-    if not isinstance(bucket, str):
-        raise TypeError(f"bucket must be a str, got {type(bucket).__name__}: {bucket!r:.80}")
-    if not _BUCKET_RE.fullmatch(bucket):
-        raise ValueError(
-            f"invalid bucket name {bucket!r:.80}: NATS KV bucket names are 1 or more of the "
-            "characters A-Z a-z 0-9 _ -"
-        )
-    if len(bucket) > MAX_BUCKET_LENGTH:
-        raise ValueError(
-            f"bucket name {bucket[:40]!r}... is {len(bucket)} characters long; NATS KV "
-            f"bucket names are at most {MAX_BUCKET_LENGTH} characters (the stream name "
-            "KV_<bucket> at most 255)")
-    return bucket
-
-
 async def _js_api(nc: Any, subject: str, payload: Mapping[str, Any] | None = None
                   ) -> dict[str, Any]:
     """One raw JetStream API request (asyncio side); raises nats-py's APIError."""
@@ -214,6 +150,15 @@ async def _js_api(nc: Any, subject: str, payload: Mapping[str, Any] | None = Non
 
 
 # -- the backend ----------------------------------------------------------------
+
+
+class _Link:
+    """Connection state shared by the callbacks, the backend and its watchers."""
+
+    def __init__(self) -> None:
+        self.connected = False  # the first connect succeeded
+        self.closing = False  # aclose() began: a disconnect now is ours
+        self.disconnects = 0  # a watcher opened before a disconnect may have missed news
 
 
 class NatsBackend(Backend):
@@ -272,7 +217,7 @@ class NatsBackend(Backend):
             raise BackendUnavailable(f"{what}: not connected to NATS at {self._address} "
                                      "(reconnecting)")
         try:
-            result: T = await trio_asyncio.aio_as_trio(fn, loop=self.loop)(*args, **kwargs)
+            result: T = await _aio.call(self.loop, fn, *args, **kwargs)
         except nats.js.errors.NotFoundError as exc:
             if exc.err_code == _STREAM_NOT_FOUND:
                 raise BackendUnavailable(
@@ -393,13 +338,15 @@ class NatsBackend(Backend):
         """Refuse a lease TTL this bucket cannot keep.
 
         Raises:
+            TypeError: if *ttl* is not a number.
             ValueError: unless *ttl* is a whole number of seconds, at least 1 (NATS
                 per-message TTLs), and no longer than the bucket's max age when it
                 has one (the store would drop the lease before its holder's
                 deadline).
         """
-        if (isinstance(ttl, bool) or not isinstance(ttl, int | float)
-                or not math.isfinite(ttl) or ttl < 1 or ttl != int(ttl)):
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise type_error("ttl", ttl, "a number of seconds")
+        if not math.isfinite(ttl) or ttl < 1 or ttl != int(ttl):
             raise ValueError(
                 f"ttl={ttl!r}: NATS per-message TTLs are whole seconds, at least 1 "
                 "(use ttl=1, 2, 15, ...)")
@@ -485,7 +432,7 @@ class NatsBackend(Backend):
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + REQUEST_TIMEOUT
             try:
-                await trio_asyncio.aio_as_trio(self.connection.close, loop=self.loop)()
+                await _aio.call(self.loop, self.connection.close)
             except (*_TRANSIENT, asyncio.CancelledError) as exc:
                 logger.debug("closing the NATS connection to %s: %s", self._address, exc)
         if scope.cancelled_caught:
@@ -570,7 +517,7 @@ class _Updates:
             return
         with trio.move_on_after(REQUEST_TIMEOUT, shield=True):
             try:
-                await trio_asyncio.aio_as_trio(self._aio_stop, loop=self._backend.loop)()
+                await _aio.call(self._backend.loop, self._aio_stop)
             except (*_TRANSIENT, asyncio.CancelledError) as exc:
                 logger.debug("stopping a watcher of %s: %s", self._key, exc)
 
@@ -585,390 +532,3 @@ class _Updates:
         if stream and consumer:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await self._backend._js.delete_consumer(stream, consumer)
-
-
-# -- opening --------------------------------------------------------------------
-
-
-class _Link:
-    """Connection state shared by the callbacks, the backend and its watchers."""
-
-    def __init__(self) -> None:
-        self.connected = False  # the first connect succeeded
-        self.closing = False  # aclose() began: a disconnect now is ours
-        self.disconnects = 0  # a watcher opened before a disconnect may have missed news
-
-
-def _is_refusal(exc: BaseException) -> bool:
-    """A login or certificate the server refused: retrying cannot help."""
-    return (isinstance(exc, nats.errors.AuthorizationError | ssl.SSLCertVerificationError)
-            or "authorization violation" in str(exc).lower())
-
-
-async def _aio_connect(servers: str | list[str], address: str, secrets: Sequence[str],
-                       options: dict[str, Any], link: _Link) -> Any:
-    """Connect (asyncio side) failing fast, then reconnect forever once connected."""
-    errors: list[BaseException] = []
-    refused = asyncio.Event()
-    user_error_cb = options.pop("error_cb", None)
-    user_disconnected_cb = options.pop("disconnected_cb", None)
-    user_reconnected_cb = options.pop("reconnected_cb", None)
-    nc = nats.aio.client.Client()
-
-    async def error_cb(exc: Exception) -> None:
-        errors.append(exc)
-        del errors[:-20]
-        if not link.connected and _is_refusal(exc):
-            refused.set()
-        if link.connected and not link.closing and nc.is_connected:
-            logger.warning("NATS %s: %s", address, _scrub(_describe(exc), secrets))
-        else:  # failed attempts while connecting or reconnecting: one warning said it
-            logger.debug("NATS %s: %s", address, _scrub(_describe(exc), secrets))
-        if user_error_cb is not None:
-            await user_error_cb(exc)
-
-    async def disconnected_cb() -> None:
-        link.disconnects += 1
-        if link.connected and not link.closing:
-            logger.warning("NATS connection to %s lost; reconnecting", address)
-        if user_disconnected_cb is not None:
-            await user_disconnected_cb()
-
-    async def reconnected_cb() -> None:
-        logger.info("NATS connection to %s re-established", address)
-        if user_reconnected_cb is not None:
-            await user_reconnected_cb()
-
-    settings: dict[str, Any] = {
-        "name": "trio-noleader",
-        "connect_timeout": CONNECT_TIMEOUT,
-        "reconnect_time_wait": 1,
-        # A dead TCP connection is noticed in about 10 s, not nats-py's 4 minutes.
-        "ping_interval": 5,
-        "max_outstanding_pings": 2,
-        "allow_reconnect": True,
-    }
-    settings.update(options)
-    budget: float | None = None
-    reconnect_forever = "max_reconnect_attempts" not in options
-    if reconnect_forever:
-        # nats-py retries the *first* connect up to max_reconnect_attempts times per
-        # server (allow_reconnect=False does not stop that): two tries, then fail.
-        settings["max_reconnect_attempts"] = 1
-        # nats-py 2.16 can also hang for good after a failed TLS handshake: bound it.
-        count = 1 if isinstance(servers, str) else len(servers)
-        budget = 2 * count * (float(settings["connect_timeout"])
-                              + float(settings["reconnect_time_wait"])) + 1
-    connecting = asyncio.ensure_future(nc.connect(
-        servers, error_cb=error_cb, disconnected_cb=disconnected_cb,
-        reconnected_cb=reconnected_cb, **settings))
-    giving_up = asyncio.ensure_future(refused.wait())
-    try:
-        await asyncio.wait({connecting, giving_up}, timeout=budget,
-                           return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        giving_up.cancel()
-        if not connecting.done():
-            # Refused, too slow, or we are being cancelled: stop nats-py retrying.
-            connecting.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait({connecting}, timeout=1)
-                await asyncio.wait_for(nc.close(), REQUEST_TIMEOUT)
-    failure = None if connecting.cancelled() else connecting.exception()
-    if isinstance(failure, TypeError):
-        raise failure  # a misspelt connect option: the caller's bug, not the store's
-    if failure is not None or connecting.cancelled() or nc.is_closed:
-        # NoServersError says nothing, and a cancelled attempt nothing either: the
-        # errors the callback saw say why. A refused login or certificate is the one
-        # to report even if a socket reset came after it.
-        if errors and (failure is None or isinstance(failure, nats.errors.NoServersError)):
-            seen = errors
-        else:
-            seen = [failure or TimeoutError(f"no connection within {budget} s")]
-        refusals = [e for e in seen if _is_refusal(e)]
-        cause = refusals[-1] if refusals else seen[-1]
-        if refusals and not isinstance(cause, ssl.SSLError):
-            why = "authorization failed (check user/password, token or credentials)"
-        else:
-            why = _scrub(_describe(cause), secrets)
-        raise BackendUnavailable(f"cannot connect to NATS at {address}: {why}") from cause
-    if reconnect_forever:
-        # Once connected, a lease store should ride out any outage: reconnect forever.
-        nc.options["max_reconnect_attempts"] = -1
-    link.connected = True
-    return nc
-
-
-async def _aio_setup(nc: Any, address: str, bucket: str, replicas: int,
-                     storage: str) -> float:
-    """Check the server and the bucket (asyncio side); return the bucket's max age."""
-    version = _server_version(nc)
-    parsed = _version_tuple(version)
-    if parsed is None or parsed < MIN_SERVER_VERSION:
-        minimum = ".".join(map(str, MIN_SERVER_VERSION))
-        raise BackendUnavailable(
-            f"NATS at {address} runs nats-server {version}; trio-noleader needs "
-            f"{minimum} or newer (older servers ignore per-message TTLs, so a lease "
-            "would never expire)")
-    js = nc.jetstream(timeout=REQUEST_TIMEOUT)
-    try:
-        await js.account_info()
-    except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
-            nats.js.errors.APIError) as exc:
-        raise BackendUnavailable(
-            f"NATS at {address} has no JetStream for this account ({_describe(exc)}): "
-            "start nats-server with -js (or enable JetStream for the account)") from exc
-    stream = f"KV_{bucket}"
-    try:
-        info = await _js_api(nc, f"STREAM.INFO.{stream}")
-    except nats.js.errors.NotFoundError:
-        try:
-            await js.create_key_value(
-                bucket=bucket, history=1, replicas=replicas,
-                storage=api.StorageType(storage), limit_marker_ttl=MARKER_TTL,
-                description="trio-noleader leases")
-            logger.info("created NATS KV bucket %r at %s", bucket, address)
-            return 0.0
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != _STREAM_NAME_EXISTS:
-                raise
-            # Another process created it first, perhaps with another config: check it.
-            info = await _js_api(nc, f"STREAM.INFO.{stream}")
-    return await _aio_adapt_bucket(nc, address, bucket, info["config"])
-
-
-async def _aio_adapt_bucket(nc: Any, address: str, bucket: str,
-                            config: dict[str, Any]) -> float:
-    """Make an existing bucket fit for leases; return its max age in seconds.
-
-    A bucket made by another client (the Rust noleader creates one with history 1
-    and max age 60 s) lacks per-message TTLs and expiry markers. Both are switched
-    on here, which servers >= 2.11 allow on a live stream; values written without a
-    TTL (the Rust crate's) keep living by the bucket's max age as before.
-    """
-    if config.get("sealed") or config.get("mirror"):
-        raise BackendUnavailable(
-            f"bucket {bucket!r} at {address} is read-only (sealed or a mirror)")
-    if config.get("max_msgs_per_subject", 0) < 1:
-        raise BackendUnavailable(
-            f"stream KV_{bucket} at {address} is not a KV bucket (no per-key history limit)")
-    max_msg_size = config.get("max_msg_size", -1)
-    if 0 < max_msg_size < MIN_MSG_SIZE:
-        # Every write would be refused, and a campaign would take that for an outage.
-        raise BackendUnavailable(
-            f"bucket {bucket!r} at {address} accepts messages of at most {max_msg_size} "
-            f"bytes (max_msg_size, a KV bucket's max value size); a lease needs "
-            f"{MIN_MSG_SIZE} with its headers: raise it or use another bucket")
-    changes = []
-    if not config.get("allow_msg_ttl"):
-        config["allow_msg_ttl"] = True
-        changes.append("per-message TTLs")
-    if not config.get("subject_delete_marker_ttl"):
-        config["subject_delete_marker_ttl"] = int(MARKER_TTL * 1_000_000_000)
-        changes.append(f"expiry markers ({MARKER_TTL:g} s)")
-    if changes:
-        try:
-            response = await _js_api(nc, f"STREAM.UPDATE.KV_{bucket}", config)
-        except nats.js.errors.APIError as exc:
-            raise BackendUnavailable(
-                f"bucket {bucket!r} at {address} lacks {' and '.join(changes)}, and "
-                f"enabling them failed ({_describe(exc)}); enable them or use another "
-                "bucket") from exc
-        config = response["config"]
-        logger.warning("NATS KV bucket %r at %s: enabled %s (needed for leases)",
-                       bucket, address, " and ".join(changes))
-    max_age: float = config.get("max_age", 0) / 1_000_000_000
-    return max_age
-
-
-def _server_list(servers: object) -> list[str]:
-    if isinstance(servers, str):
-        result = [s.strip() for s in servers.split(",") if s.strip()]
-    elif (isinstance(servers, Sequence) and not isinstance(servers, bytes | bytearray)
-          and all(isinstance(s, str) for s in servers)):
-        result = [s.strip() for s in servers if s.strip()]
-    else:
-        raise TypeError(f"servers must be a str or a list of str, got "
-                        f"{type(servers).__name__}: {servers!r:.80}")
-    if not result:
-        raise ValueError(f"servers must name at least one NATS server, got {servers!r:.80}")
-    return result
-
-
-def _secrets(servers: Sequence[str], options: Mapping[str, Any]) -> list[str]:
-    found = [value for name in ("password", "token")
-             if isinstance(value := options.get(name), str) and value]
-    for server in servers:
-        userinfo, at, _ = server.partition("://")[2].rpartition("@")
-        if at:
-            user, colon, password = userinfo.partition(":")
-            found += [password] if colon else [user]
-    return [secret for secret in found if secret]
-
-
-@asynccontextmanager
-async def open_nats_backend(
-    servers: str | Sequence[str] = "nats://127.0.0.1:4222",
-    *,
-    bucket: str = DEFAULT_BUCKET,
-    replicas: int = 1,
-    storage: str = "file",
-    **connect_options: Any,
-) -> AsyncIterator[NatsBackend]:
-    """Open a NATS JetStream KV bucket as the lease store, and make it the default.
-
-    Runs nats-py on a trio-asyncio loop: the one already running in this task (from
-    ``trio_asyncio.open_loop()``), else a loop of its own for the block. Inside the
-    block the backend is the default of ``hold_leadership`` and friends.
-
-    On open it checks the server (nats-server 2.11.2 or newer, JetStream enabled),
-    then creates the bucket if it is absent (history 1, per-message TTLs, expiry
-    markers kept for :data:`MARKER_TTL` seconds, no max age). An existing bucket is
-    used as it is, except that **per-message TTLs and expiry markers are switched on
-    if missing** (a stream config update, allowed on live streams since 2.11): the
-    Rust noleader's bucket (history 1, max age 60 s) lacks both, and with that
-    change both libraries share it, each excluding the other. A bucket's max age
-    limits the lease TTLs it accepts (see :meth:`NatsBackend.check_ttl`).
-
-    Once connected the client reconnects forever (unless you pass
-    ``max_reconnect_attempts``): calls made during an outage raise
-    :class:`~trio_noleader.BackendUnavailable` and the election rides it out.
-
-    Args:
-        servers (str | Sequence[str]): One or more server URLs (``nats://`` or
-            ``tls://``, credentials in the URL allowed), comma-separated or a list.
-        bucket (str): The KV bucket's name (``[A-Za-z0-9_-]+``).
-        replicas (int): Replicas of a bucket created here (1 to 5).
-        storage (str): ``"file"`` or ``"memory"``, for a bucket created here.
-        **connect_options: Passed to ``nats.connect``: ``user``/``password``,
-            ``token``, ``user_credentials``, ``nkeys_seed``, ``tls`` (an
-            ``ssl.SSLContext``), ``tls_hostname``, callbacks, ... Defaults here:
-            ``name="trio-noleader"``, ``connect_timeout=2``, ``ping_interval=5``,
-            ``reconnect_time_wait=1``.
-
-    Raises:
-        ValueError, TypeError: for bad arguments, before any I/O.
-        BackendUnavailable: if no server can be reached (the cause chained), the
-            server is older than 2.11.2 or has no JetStream, or the bucket cannot
-            be used. Messages name the server, never a password or token.
-
-    Exceptions come out bare, never wrapped in an ``ExceptionGroup``.
-    """
-    server_list = _server_list(servers)
-    _check_bucket_name(bucket)
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
-        raise ValueError(f"replicas={replicas!r}: must be an int from 1 to 5")
-    if storage not in ("file", "memory"):
-        raise ValueError(f"storage={storage!r}: must be 'file' or 'memory'")
-    if "servers" in connect_options:
-        raise TypeError("pass the servers as the first argument, not servers=")
-    address = ", ".join(redact_url(server) for server in server_list)
-    secrets = _secrets(server_list, connect_options)
-    connect_to: str | list[str] = server_list[0] if len(server_list) == 1 else server_list
-
-    with bare_exceptions():
-        async with AsyncExitStack() as stack:
-            loop = trio_asyncio.current_loop.get()
-            if loop is None or loop.is_closed():
-                loop = await stack.enter_async_context(trio_asyncio.open_loop())
-            link = _Link()
-            nc = await _bridge(loop, _aio_connect, connect_to, address, secrets,
-                               dict(connect_options), link)
-            backend = NatsBackend(loop=loop, nc=nc, bucket=bucket, max_age=0.0,
-                                  address=address, link=link)
-            stack.push_async_callback(backend.aclose)
-            try:
-                backend.max_age = await _bridge(loop, _aio_setup, nc, address, bucket,
-                                                replicas, storage)
-            except (*_TRANSIENT, asyncio.CancelledError) as exc:
-                raise BackendUnavailable(
-                    f"setting up bucket {bucket!r} at {address}: "
-                    f"{_scrub(_describe(exc), secrets)}") from exc
-            logger.debug("opened %r", backend)
-            async with backend_scope(backend):
-                yield backend
-
-
-async def _bridge(loop: Any, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    result: T = await trio_asyncio.aio_as_trio(fn, loop=loop)(*args)
-    return result
-
-
-def parse_nats_url(url: str) -> tuple[list[str], str, dict[str, Any]]:
-    """Split ``nats://[user:password@|token@]host[:port][,host...][/bucket]``.
-
-    Returns:
-        tuple: ``(servers, bucket, options)``: server URLs without credentials, the
-        bucket (default ``noleader``), and keyword arguments for
-        :func:`open_nats_backend` (``user``/``password`` or ``token``, plus the
-        query parameters ``replicas`` and ``storage``).
-
-    Raises:
-        ValueError: for a malformed URL (the message never shows a secret).
-    """
-    shown = redact_url(url)
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in ("nats", "tls"):
-        raise ValueError(f"not a NATS URL: {shown!r} (expected nats://host:port/bucket)")
-    # Hosts and bucket names never contain "@": the last one ends the credentials.
-    userinfo, at, after = rest.rpartition("@")
-    hostlist, slash, tail = after.partition("/")
-    hostlist, question, query = hostlist.partition("?")
-    parts = urlsplit(f"x:///{tail}" if slash else f"x:///?{query}" if question else "x:///")
-    if parts.fragment or "#" in hostlist:
-        raise ValueError(f"NATS URL {shown!r}: a fragment (#...) means nothing here")
-    options: dict[str, Any] = {}
-    if at:
-        user, colon, password = userinfo.partition(":")
-        if colon:
-            options["user"] = unquote(user)
-            options["password"] = unquote(password)
-        elif user:
-            options["token"] = unquote(user)
-    servers = []
-    for host in hostlist.split(","):
-        try:
-            hostport = urlsplit(f"{scheme}://{host}")
-            port = hostport.port or 4222
-        except ValueError:
-            raise ValueError(f"NATS URL {shown!r}: bad host or port {host!r}") from None
-        if not hostport.hostname:
-            raise ValueError(f"NATS URL {shown!r}: no host")
-        name = hostport.hostname
-        servers.append(f"{scheme}://{f'[{name}]' if ':' in name else name}:{port}")
-    path = unquote(parts.path.strip("/"))
-    bucket = path or DEFAULT_BUCKET
-    try:
-        _check_bucket_name(bucket)
-    except ValueError as exc:
-        raise ValueError(
-            f"NATS URL {shown!r:.120}: the path must be a bucket name, like "
-            f"nats://host:4222/noleader: {exc}") from None
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name == "replicas":
-            try:
-                options["replicas"] = int(value)
-            except ValueError:
-                raise ValueError(f"NATS URL {shown!r}: replicas={value!r} is no int") from None
-        elif name == "storage":
-            options["storage"] = value
-        else:
-            raise ValueError(
-                f"NATS URL {shown!r}: unknown parameter {name!r} (known: replicas, storage)")
-    return servers, bucket, options
-
-
-def open_nats_backend_from_url(url: str) -> AbstractAsyncContextManager[NatsBackend]:
-    """:func:`open_nats_backend` for ``nats://user:password@host:port/bucket``.
-
-    The bucket comes from the path (default ``noleader``); ``token@host`` passes a
-    token; several servers are comma-separated (``nats://h1:4222,h2:4222/b``);
-    ``?replicas=3&storage=memory`` apply to a bucket created here. ``tls://`` asks
-    for TLS.
-
-    Raises:
-        ValueError: for a malformed URL, at once.
-    """
-    servers, bucket, options = parse_nats_url(url)
-    return open_nats_backend(servers, bucket=bucket, **options)

@@ -4,30 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
 
 from ._memory import MemoryBackend
+from ._urls import parse_nats_url, path_from_url, scheme_of
 from .abc import Backend
 
-__all__ = ["open_backend", "redact_url"]
-
-SCHEMES = ("memory", "sqlite", "nats", "tls")
-
-
-def redact_url(url: str) -> str:
-    """*url* with any password or token replaced by ``***``. Never raises.
-
-    Credentials end at the last ``@`` of what follows the scheme (hosts and bucket
-    names never contain one, a password may even hold an unescaped ``/``), so this
-    works where :func:`urllib.parse.urlsplit` gives up: several hosts
-    (``nats://u:p@h1:1,h2:2``), IPv6 hosts, out-of-range ports.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or rest.startswith("/") or "@" not in rest:
-        return url
-    userinfo, _, hosts = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}://{user}:***@{hosts}" if colon else f"{scheme}://***@{hosts}"
+__all__ = ["open_backend"]
 
 
 @asynccontextmanager
@@ -41,32 +23,27 @@ async def open_backend(url: str) -> AsyncIterator[Backend]:
       the bucket defaults to ``noleader``, and ``user:password@`` or ``token@``
       in the URL are passed to the server.
 
+    The URL is checked before the module serving it (and its optional extra) is
+    imported, so a malformed URL is a ``ValueError`` even without the extra.
+
     Raises:
+        TypeError: if *url* is not a str.
         ValueError: for an unknown scheme or a malformed URL (before any I/O).
         BackendUnavailable: if the store cannot be reached.
     """
-    if not isinstance(url, str):
-        raise TypeError(f"url must be a str, got {type(url).__name__}: {url!r:.80}")
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise ValueError(f"malformed backend URL {redact_url(url)[:200]!r}: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme == "memory":
+    kind = scheme_of(url)
+    if kind == "memory":
         async with MemoryBackend() as backend:
             yield backend
-    elif scheme == "sqlite":
-        from ._sqlite import open_sqlite_backend, path_from_url
+    elif kind == "sqlite":
+        path = path_from_url(url)
+        from ._sqlite import open_sqlite_backend
 
-        async with open_sqlite_backend(path_from_url(url)) as backend:
-            yield backend
-    elif scheme in ("nats", "tls"):
-        from ._nats import open_nats_backend_from_url
-
-        async with open_nats_backend_from_url(url) as backend:
+        async with open_sqlite_backend(path) as backend:
             yield backend
     else:
-        raise ValueError(
-            f"unknown backend URL {redact_url(url)[:200]!r}: the scheme must be one of "
-            "memory://, sqlite:///path, nats://host:port/bucket"
-        )
+        servers, bucket, options = parse_nats_url(url)
+        from ._nats_setup import open_nats_backend
+
+        async with open_nats_backend(servers, bucket=bucket, **options) as backend:
+            yield backend

@@ -46,17 +46,16 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import unquote, urlsplit
 
 import trio
 
 from ._context import backend_scope
 from ._exceptions import BackendUnavailable, KeyExists, RevisionMismatch
-from ._types import Entry, check_key
+from ._types import Entry, check_key, check_seconds, type_error
 from ._unwrap import bare_exceptions
 from .abc import Backend
 
-__all__ = ["SQLiteBackend", "open_sqlite_backend", "path_from_url"]
+__all__ = ["SQLiteBackend", "open_sqlite_backend"]
 
 logger = logging.getLogger("trio_noleader")
 
@@ -86,58 +85,6 @@ CREATE TABLE IF NOT EXISTS noleader_lease (
     expires_at REAL NOT NULL
 );
 """
-
-_URL_FORMS = "sqlite:///absolute/path.db, sqlite://relative/path.db or sqlite:relative.db"
-
-
-def path_from_url(url: str) -> str:
-    """Return the file path that a ``sqlite:`` URL names.
-
-    ``sqlite:///abs/path.db`` gives ``/abs/path.db``; ``sqlite://rel.db`` and
-    ``sqlite:rel.db`` give the relative path ``rel.db`` (relative to the working
-    directory when the backend opens). Percent-escapes are decoded; ``~`` is not
-    expanded.
-
-    Raises:
-        TypeError: if *url* is not a str.
-        ValueError: if *url* is not a ``sqlite:`` URL naming a file: another scheme,
-            no path, a path ending in ``/``, a user or password, a query string or a
-            fragment.
-    """
-    if not isinstance(url, str):
-        raise TypeError(f"url must be a str, got {type(url).__name__}: {url!r:.80}")
-
-    def malformed(why: str) -> ValueError:
-        return ValueError(f"malformed SQLite URL {url!r}: {why}; expected {_URL_FORMS}")
-
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise malformed(str(exc)) from None
-    if parts.scheme.lower() != "sqlite":
-        raise malformed("the scheme must be sqlite")
-    if parts.query or parts.fragment or url.endswith(("?", "#")):
-        raise malformed("query strings and fragments are not supported")
-    if "@" in parts.netloc:
-        raise malformed("SQLite takes a file path, not a user, password or host")
-    # With "//", urlsplit puts the first path segment of a relative path in netloc.
-    path = unquote(parts.netloc + parts.path)
-    if not path:
-        raise malformed("it names no file")
-    if path.endswith("/"):
-        raise malformed(f"the path {path!r} names a directory, not a database file")
-    if "\x00" in path:
-        raise malformed("the path contains a NUL character")
-    return path
-
-
-def _check_ttl(ttl: float) -> float:
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise TypeError(f"ttl must be a number of seconds, got {type(ttl).__name__}: {ttl!r:.80}")
-    if not (math.isfinite(ttl) and ttl > 0):
-        raise ValueError(f"ttl={ttl!r}: must be a finite number of seconds > 0")
-    return float(ttl)
-
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     """True if *exc* means another connection holds the lock."""
@@ -432,7 +379,7 @@ class SQLiteBackend(Backend):
                 SQLite failed otherwise (the cause is chained).
         """
         check_key(key)
-        ttl = _check_ttl(ttl)
+        ttl = check_seconds("ttl", ttl)
         return await self._run(
             functools.partial(self._create_sync, key, bytes(value), ttl), write=True)
 
@@ -444,7 +391,7 @@ class SQLiteBackend(Backend):
             BackendUnavailable: as for :meth:`create`.
         """
         check_key(key)
-        ttl = _check_ttl(ttl)
+        ttl = check_seconds("ttl", ttl)
         return await self._run(
             functools.partial(self._update_sync, key, bytes(value), revision, ttl),
             write=True)
@@ -577,24 +524,18 @@ async def open_sqlite_backend(
         TypeError, ValueError: for bad arguments, before any I/O.
     """
     if isinstance(path, bytes) or not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a str or os.PathLike[str], got "
-                        f"{type(path).__name__}: {path!r:.80}")
+        raise type_error("path", path, "a str or os.PathLike[str]")
     raw = os.fspath(path)
     if not isinstance(raw, str):
-        raise TypeError(f"path must name a str path, got {raw!r:.80}")
+        raise type_error("path", raw, "a str path")
     if not raw or raw == ":memory:" or raw.startswith("file:") or "\x00" in raw:
         raise ValueError(
             f"path={raw!r}: must be the path of a database file, not empty, a URI or "
             "':memory:' (for an in-process store use MemoryBackend or memory://)")
-    for name, value in (("poll_interval", poll_interval), ("busy_timeout", busy_timeout)):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"{name} must be a number of seconds, got "
-                            f"{type(value).__name__}: {value!r:.80}")
-        if not math.isfinite(value) or value < 0 or (name == "poll_interval" and value == 0):
-            rule = "> 0" if name == "poll_interval" else ">= 0"
-            raise ValueError(f"{name}={value!r}: must be a finite number of seconds {rule}")
+    poll_interval = check_seconds("poll_interval", poll_interval)
+    busy_timeout = check_seconds("busy_timeout", busy_timeout, allow_zero=True)
     backend = await trio.to_thread.run_sync(
-        SQLiteBackend._connect, raw, float(poll_interval), float(busy_timeout))
+        SQLiteBackend._connect, raw, poll_interval, busy_timeout)
     logger.debug("opened SQLite backend %s", backend.path)
     try:
         with bare_exceptions():

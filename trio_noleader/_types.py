@@ -8,15 +8,19 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = [
     "Entry",
     "LeaderInfo",
     "check_key",
+    "check_seconds",
     "check_timing",
+    "check_type",
     "decode_value",
     "encode_value",
     "new_candidate_id",
+    "type_error",
 ]
 
 _KEY_RE = re.compile(r"[-/_=.a-zA-Z0-9]+")
@@ -25,6 +29,8 @@ _KEY_RULE = (
     "and do not start or end with '.' or hold '..'"
 )
 MAX_KEY_LENGTH = 1024
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +80,7 @@ class LeaderInfo:
 def check_key(key: object) -> str:
     """Return *key* if it is a valid election key, else raise TypeError/ValueError."""
     if not isinstance(key, str):
-        raise TypeError(f"key must be a str, got {type(key).__name__}: {key!r:.80}")
+        raise type_error("key", key, "a str")
     if len(key) > MAX_KEY_LENGTH:
         raise ValueError(
             f"key {key[:40]!r}... is {len(key)} characters long; "
@@ -88,20 +94,37 @@ def check_key(key: object) -> str:
     return key
 
 
-def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}: "
-                        f"{value!r:.80}")
-    try:
-        value = float(value)
-    except OverflowError:  # an int too large for a float
-        value = math.inf
-    if not math.isfinite(value):
-        raise ValueError(f"{name}={value!r}: must be a finite number of seconds")
-    if value < 0 or (value == 0 and not allow_zero):
-        rule = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}={value!r}: must be {rule}")
+def type_error(name: str, value: object, expected: str) -> TypeError:
+    """The one shape of our TypeErrors: ``<name> must be <expected>, got <type>: <value>``."""
+    return TypeError(f"{name} must be {expected}, got {type(value).__name__}: {value!r:.80}")
+
+
+def check_type(name: str, value: object, cls: type[T], expected: str) -> T:
+    """Return *value* if it is an instance of *cls* (never a bool standing in for an int)."""
+    if not isinstance(value, cls) or (isinstance(value, bool) and cls is not bool):
+        raise type_error(name, value, expected)
     return value
+
+
+def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """Return *value* as float seconds: a finite real number, > 0 (or >= 0 if *allow_zero*).
+
+    Raises:
+        TypeError: if *value* is not an int or float (a bool is neither).
+        ValueError: if it is infinite, NaN or out of range, naming *name* and the rule.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise type_error(name, value, "a number of seconds")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
+    rule = ">= 0" if allow_zero else "> 0"
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name}={seconds!r}: must be a finite number of seconds {rule}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ValueError(f"{name}={value!r}: must be a finite number of seconds {rule}")
+    return seconds
 
 
 def check_timing(
@@ -112,14 +135,14 @@ def check_timing(
     Rules: ``ttl`` finite and > 0; ``0 < renew_interval < ttl`` (default ``ttl/3``);
     ``0 <= guard < ttl - renew_interval`` (default ``ttl/10``).
     """
-    ttl_f = _check_seconds("ttl", ttl)
-    renew_f = ttl_f / 3 if renew_interval is None else _check_seconds(
+    ttl_f = check_seconds("ttl", ttl)
+    renew_f = ttl_f / 3 if renew_interval is None else check_seconds(
         "renew_interval", renew_interval)
     if renew_f >= ttl_f:
         raise ValueError(
             f"renew_interval={renew_f!r} with ttl={ttl_f!r}: renew_interval must be < ttl"
         )
-    guard_f = ttl_f / 10 if guard is None else _check_seconds("guard", guard, allow_zero=True)
+    guard_f = ttl_f / 10 if guard is None else check_seconds("guard", guard, allow_zero=True)
     if guard_f >= ttl_f - renew_f:
         raise ValueError(
             f"guard={guard_f!r} with ttl={ttl_f!r} and renew_interval={renew_f!r}: "

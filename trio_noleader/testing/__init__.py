@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._util import fixup_module_metadata
 from ._faults import Call as Call
 from ._faults import DroppedEffect as DroppedEffect
 from ._faults import FaultyBackend as FaultyBackend
@@ -28,12 +29,6 @@ from ._faults import StoreWrite as StoreWrite
 from ._fence import FencedResource as FencedResource
 from ._fence import FencedWrite as FencedWrite
 from ._runner import DEFAULT_KEY as DEFAULT_KEY
-from ._runner import FaultSpan as FaultSpan
-from ._runner import IssuedWrite as IssuedWrite
-from ._runner import LeaderContext as LeaderContext
-from ._runner import Term as Term
-from ._runner import Trace as Trace
-from ._runner import default_body as default_body
 from ._runner import run_schedule as run_schedule
 from ._runner import simulate as simulate
 from ._schedule import LEADER as LEADER
@@ -49,6 +44,12 @@ from ._schedule import Restart as Restart
 from ._schedule import Schedule as Schedule
 from ._schedule import Slow as Slow
 from ._schedule import Timing as Timing
+from ._simulation import LeaderContext as LeaderContext
+from ._simulation import default_body as default_body
+from ._trace import FaultSpan as FaultSpan
+from ._trace import IssuedWrite as IssuedWrite
+from ._trace import Term as Term
+from ._trace import Trace as Trace
 
 if TYPE_CHECKING:
     from ._strategies import FAULT_KINDS as FAULT_KINDS
@@ -97,19 +98,18 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # Hypothesis is needed only by the strategies: import it on first use.
-    if name in _STRATEGIES:
-        from . import _strategies
+    if name not in _STRATEGIES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import _strategies
 
-        value = getattr(_strategies, name)
-        if callable(value) and not isinstance(value, tuple):
-            value.__module__ = __name__
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_strategies, name)
+    fixup_module_metadata(__name__, {name: value}, [name])
+    globals()[name] = value
+    return value
 
 
-for _obj in (Call, DroppedEffect, FaultyBackend, StoreSwitch, StoreWrite, FencedResource,
-             FencedWrite, FaultSpan, IssuedWrite, LeaderContext, Term, Trace, default_body,
-             run_schedule, simulate, Candidate, Crash, Fault, Latency, Lossy, Outage,
-             Partition, Pause, Restart, Schedule, Slow, Timing):
-    _obj.__module__ = __name__
-del _obj
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_STRATEGIES))
+
+
+fixup_module_metadata(__name__, globals(), __all__)

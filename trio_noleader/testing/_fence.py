@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import trio
 
+from .._types import type_error
+
 __all__ = ["FencedResource", "FencedWrite"]
 
 
@@ -43,9 +45,10 @@ class FencedWrite:
 class FencedResource:
     """A downstream store that applies a write only if its token is not stale.
 
-    This is what DESIGN.md rule 5 asks of the systems a leader writes to: a write
-    is accepted only if its token is greater than or equal to the highest token
-    accepted so far (so one term may write many times), and rejected otherwise.
+    This is what README.rst ("Guarantees and limits", fencing tokens) asks of the
+    systems a leader writes to: a write is accepted only if its token is greater
+    than or equal to the highest token accepted so far (so one term may write many
+    times), and rejected otherwise.
     Every attempt, accepted or not, is recorded with its arrival time, writer and
     token in :attr:`writes`.
 
@@ -102,7 +105,7 @@ class FencedResource:
             TypeError: if *token* is not an int.
         """
         if isinstance(token, bool) or not isinstance(token, int):
-            raise TypeError(f"token must be an int, got {type(token).__name__}: {token!r:.80}")
+            raise type_error("token", token, "an int")
         highest = self.highest
         accepted = token >= highest
         if accepted:

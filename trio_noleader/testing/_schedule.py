@@ -9,11 +9,10 @@ All times are virtual seconds from the start of the run.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
-from .._types import check_timing
+from .._types import check_seconds, check_timing
 
 __all__ = [
     "LEADER",
@@ -38,11 +37,6 @@ LEADER = -1
 
 Mode = Literal["hold", "run", "poll"]
 MODES: tuple[Mode, ...] = ("hold", "run", "poll")
-
-
-def _check_time(name: str, value: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name}={value!r}: must be a finite number of seconds >= 0")
 
 
 @dataclass(frozen=True)
@@ -71,8 +65,8 @@ class Latency:
     high: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_time("low", self.low)
-        _check_time("high", self.high)
+        check_seconds("low", self.low, allow_zero=True)
+        check_seconds("high", self.high, allow_zero=True)
         if self.high < self.low:
             raise ValueError(f"latency high={self.high!r} is below low={self.low!r}")
 
@@ -102,7 +96,7 @@ class Candidate:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}: must be one of {MODES}")
-        _check_time("start", self.start)
+        check_seconds("start", self.start, allow_zero=True)
         if not 0.0 <= self.drift < 1.0:
             raise ValueError(f"drift={self.drift!r}: must be >= 0 and < 1")
 
@@ -128,9 +122,9 @@ class Fault:
 
     def __post_init__(self) -> None:
         # Every fault dataclass runs this; the subclasses add their own checks.
-        _check_time("at", self.at)
+        check_seconds("at", self.at, allow_zero=True)
         duration = getattr(self, "duration", 0.0)
-        _check_time("duration", duration)
+        check_seconds("duration", duration, allow_zero=True)
         target = self.target
         if target is not None and (isinstance(target, bool) or not isinstance(target, int)
                                    or target < LEADER):
@@ -217,7 +211,7 @@ class Slow(Fault):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_time("latency", self.latency)
+        check_seconds("latency", self.latency, allow_zero=True)
 
     @property
     def settled(self) -> float:
@@ -251,9 +245,8 @@ class Schedule:
     def __post_init__(self) -> None:
         if not self.candidates:
             raise ValueError("a schedule needs at least one candidate")
-        if not (self.write_every > 0 and math.isfinite(self.write_every)):
-            raise ValueError(f"write_every={self.write_every!r}: must be > 0")
-        _check_time("run_until", self.run_until)
+        check_seconds("write_every", self.write_every)
+        check_seconds("run_until", self.run_until, allow_zero=True)
         for fault in self.faults:
             if not isinstance(fault, Fault):
                 raise TypeError(f"not a fault: {fault!r}")

@@ -1,0 +1,208 @@
+"""Backend URLs: parsing and redaction. Pure: no I/O, no optional imports.
+
+``open_backend`` validates a URL here before it imports the module (and the
+optional extra) that serves it, so a malformed URL is a ``ValueError`` even where
+the extra is not installed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ._types import type_error
+
+__all__ = [
+    "DEFAULT_BUCKET",
+    "SCHEMES",
+    "check_bucket_name",
+    "parse_nats_url",
+    "path_from_url",
+    "redact_url",
+    "scheme_of",
+]
+
+#: The URL schemes ``open_backend`` serves, and the kind of backend of each.
+SCHEMES = {"memory": "memory", "sqlite": "sqlite", "nats": "nats", "tls": "nats"}
+
+#: The bucket of a NATS URL (or ``open_nats_backend``) that names none.
+DEFAULT_BUCKET = "noleader"
+
+#: The longest bucket name: its stream, ``KV_<bucket>``, may have 255 characters.
+MAX_BUCKET_LENGTH = 252
+
+_BUCKET_RE = re.compile(r"[a-zA-Z0-9_-]+")
+
+#: How much of a bad URL an error message quotes.
+SHOWN_LENGTH = 200
+
+
+def redact_url(url: str) -> str:
+    """*url* with any password or token replaced by ``***``. Never raises.
+
+    Credentials end at the last ``@`` of what follows the scheme (hosts and bucket
+    names never contain one, a password may even hold an unescaped ``/``), so this
+    works where :func:`urllib.parse.urlsplit` gives up: several hosts
+    (``nats://u:p@h1:1,h2:2``), IPv6 hosts, out-of-range ports.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or rest.startswith("/") or "@" not in rest:
+        return url
+    userinfo, _, hosts = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{hosts}" if colon else f"{scheme}://***@{hosts}"
+
+
+def scheme_of(url: object) -> str:
+    """The kind of backend a URL names (``memory``, ``sqlite``, ``nats``), by scheme.
+
+    Raises:
+        TypeError: if *url* is not a str.
+        ValueError: for a malformed URL or an unknown scheme (the message shows the
+            URL with any secret redacted).
+    """
+    if not isinstance(url, str):
+        raise type_error("url", url, "a str")
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as exc:
+        raise ValueError(
+            f"malformed backend URL {redact_url(url)[:SHOWN_LENGTH]!r}: {exc}") from None
+    if scheme not in SCHEMES:
+        raise ValueError(
+            f"unknown backend URL {redact_url(url)[:SHOWN_LENGTH]!r}: the scheme must be one "
+            "of memory://, sqlite:///path, nats://host:port/bucket"
+        )
+    return SCHEMES[scheme]
+
+
+# -- SQLite ---------------------------------------------------------------------
+
+_URL_FORMS = "sqlite:///absolute/path.db, sqlite://relative/path.db or sqlite:relative.db"
+
+
+def path_from_url(url: str) -> str:
+    """Return the file path that a ``sqlite:`` URL names.
+
+    ``sqlite:///abs/path.db`` gives ``/abs/path.db``; ``sqlite://rel.db`` and
+    ``sqlite:rel.db`` give the relative path ``rel.db`` (relative to the working
+    directory when the backend opens). Percent-escapes are decoded; ``~`` is not
+    expanded.
+
+    Raises:
+        TypeError: if *url* is not a str.
+        ValueError: if *url* is not a ``sqlite:`` URL naming a file: another scheme,
+            no path, a path ending in ``/``, a user or password, a query string or a
+            fragment.
+    """
+    if not isinstance(url, str):
+        raise type_error("url", url, "a str")
+
+    def malformed(why: str) -> ValueError:
+        return ValueError(f"malformed SQLite URL {url!r}: {why}; expected {_URL_FORMS}")
+
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise malformed(str(exc)) from None
+    if parts.scheme.lower() != "sqlite":
+        raise malformed("the scheme must be sqlite")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise malformed("query strings and fragments are not supported")
+    if "@" in parts.netloc:
+        raise malformed("SQLite takes a file path, not a user, password or host")
+    # With "//", urlsplit puts the first path segment of a relative path in netloc.
+    path = unquote(parts.netloc + parts.path)
+    if not path:
+        raise malformed("it names no file")
+    if path.endswith("/"):
+        raise malformed(f"the path {path!r} names a directory, not a database file")
+    if "\x00" in path:
+        raise malformed("the path contains a NUL character")
+    return path
+
+
+
+# -- NATS -----------------------------------------------------------------------
+
+
+def check_bucket_name(bucket: object) -> str:
+    if not isinstance(bucket, str):
+        raise type_error("bucket", bucket, "a str")
+    if not _BUCKET_RE.fullmatch(bucket):
+        raise ValueError(
+            f"invalid bucket name {bucket!r:.80}: NATS KV bucket names are 1 or more of the "
+            "characters A-Z a-z 0-9 _ -"
+        )
+    if len(bucket) > MAX_BUCKET_LENGTH:
+        raise ValueError(
+            f"bucket name {bucket[:40]!r}... is {len(bucket)} characters long; NATS KV "
+            f"bucket names are at most {MAX_BUCKET_LENGTH} characters (the stream name "
+            "KV_<bucket> at most 255)")
+    return bucket
+
+
+def parse_nats_url(url: str) -> tuple[list[str], str, dict[str, Any]]:
+    """Split ``nats://[user:password@|token@]host[:port][,host...][/bucket]``.
+
+    Returns:
+        tuple: ``(servers, bucket, options)``: server URLs without credentials, the
+        bucket (default ``noleader``), and keyword arguments for
+        :func:`open_nats_backend` (``user``/``password`` or ``token``, plus the
+        query parameters ``replicas`` and ``storage``).
+
+    Raises:
+        ValueError: for a malformed URL (the message never shows a secret).
+    """
+    shown = redact_url(url)
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("nats", "tls"):
+        raise ValueError(f"not a NATS URL: {shown!r} (expected nats://host:port/bucket)")
+    # Hosts and bucket names never contain "@": the last one ends the credentials.
+    userinfo, at, after = rest.rpartition("@")
+    hostlist, slash, tail = after.partition("/")
+    hostlist, question, query = hostlist.partition("?")
+    parts = urlsplit(f"x:///{tail}" if slash else f"x:///?{query}" if question else "x:///")
+    if parts.fragment or "#" in hostlist:
+        raise ValueError(f"NATS URL {shown!r}: a fragment (#...) means nothing here")
+    options: dict[str, Any] = {}
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            options["user"] = unquote(user)
+            options["password"] = unquote(password)
+        elif user:
+            options["token"] = unquote(user)
+    servers = []
+    for host in hostlist.split(","):
+        try:
+            hostport = urlsplit(f"{scheme}://{host}")
+            port = hostport.port or 4222
+        except ValueError:
+            raise ValueError(f"NATS URL {shown!r}: bad host or port {host!r}") from None
+        if not hostport.hostname:
+            raise ValueError(f"NATS URL {shown!r}: no host")
+        name = hostport.hostname
+        servers.append(f"{scheme}://{f'[{name}]' if ':' in name else name}:{port}")
+    path = unquote(parts.path.strip("/"))
+    bucket = path or DEFAULT_BUCKET
+    try:
+        check_bucket_name(bucket)
+    except ValueError as exc:
+        raise ValueError(
+            f"NATS URL {shown!r:.120}: the path must be a bucket name, like "
+            f"nats://host:4222/noleader: {exc}") from None
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "replicas":
+            try:
+                options["replicas"] = int(value)
+            except ValueError:
+                raise ValueError(f"NATS URL {shown!r}: replicas={value!r} is no int") from None
+        elif name == "storage":
+            options["storage"] = value
+        else:
+            raise ValueError(
+                f"NATS URL {shown!r}: unknown parameter {name!r} (known: replicas, storage)")
+    return servers, bucket, options
