@@ -26,9 +26,9 @@ PACKAGE = Path(trio_noleader.__file__).resolve().parent
 LAYERS: list[set[str]] = [
     {"_version", "_exceptions", "_types", "_util", "_unwrap", "_urls"},
     {"abc"},
-    {"_release", "_context"},
+    {"_release", "_context", "_hub", "_batch"},
     {"_aio", "_memory", "_sqlite", "_nats", "_nats_setup", "_open"},
-    {"_election"},
+    {"_campaign", "_election"},
     {"_helpers"},
     {"testing._faults", "testing._fence", "testing._schedule", "testing._trace",
      "testing._strategies", "testing._simulation", "testing._runner", "testing._servers",

@@ -1,20 +1,32 @@
-"""The default backend of a task (a contextvar), and the scope that sets it."""
+"""The default backend of a task (a contextvar), its scope, and the core's background tasks.
+
+The election core runs a few tasks of its own for each backend instance: the
+janitor's clean-ups, the one shared watch per key of local coalescing, batched
+renewals. Inside ``async with open_backend(...)`` (or any ``open_*``, or ``async
+with MemoryBackend()``) they run in that block's nursery; a backend used as a plain
+object (``backend=MemoryBackend()``) has no block, so they run as trio system
+tasks. Either way they never raise into the user's code: a failure is logged.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from typing import Any
 
 import trio
 
 from ._exceptions import NoLeaderError
-from ._release import janitor_for
 from ._types import type_error
 from ._unwrap import bare_exceptions
 from .abc import Backend
 
-__all__ = ["backend_scope", "resolve_backend"]
+__all__ = ["Services", "backend_scope", "resolve_backend", "services_for"]
+
+logger = logging.getLogger("trio_noleader")
 
 _current_backend: ContextVar[Backend | None] = ContextVar(
     "trio_noleader_current_backend", default=None
@@ -36,17 +48,72 @@ def resolve_backend(backend: Backend | None) -> Backend:
     return backend
 
 
+class Services:
+    """Where the core's background tasks for one backend instance run."""
+
+    def __init__(self) -> None:
+        self._nurseries: list[trio.Nursery] = []
+        self._running = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def start(self, fn: Callable[..., Awaitable[object]], *args: Any, name: str) -> None:
+        """Run ``fn(*args)`` in the background; an exception is logged, never raised."""
+        if self._running == 0:
+            self._idle = trio.Event()
+        self._running += 1
+        if self._nurseries:
+            self._nurseries[-1].start_soon(self._guarded, fn, args, name, name=name)
+        else:
+            trio.lowlevel.spawn_system_task(self._guarded, fn, args, name, name=name)
+
+    async def _guarded(self, fn: Callable[..., Awaitable[object]], args: tuple[Any, ...],
+                       name: str) -> None:
+        try:
+            await fn(*args)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the backend was closed under the task: nothing left to do
+        except Exception:
+            logger.exception("trio-noleader background task %s failed", name)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no background task of this backend is running."""
+        await self._idle.wait()
+
+    @asynccontextmanager
+    async def hosted(self) -> AsyncIterator[None]:
+        """Run the tasks started inside the block in a nursery of the block."""
+        async with trio.open_nursery() as nursery:
+            self._nurseries.append(nursery)
+            try:
+                yield
+            finally:
+                self._nurseries.remove(nursery)
+                nursery.cancel_scope.cancel()
+
+
+_services: weakref.WeakKeyDictionary[Backend, Services] = weakref.WeakKeyDictionary()
+
+
+def services_for(backend: Backend) -> Services:
+    """The background-task host of *backend* (one per backend instance)."""
+    services = _services.get(backend)
+    if services is None:
+        services = _services[backend] = Services()
+    return services
+
+
 @asynccontextmanager
 async def backend_scope(backend: Backend) -> AsyncIterator[Backend]:
-    """Make *backend* the default for the block and run its janitor beside it."""
+    """Make *backend* the default for the block, and host its background tasks there."""
     token = _current_backend.set(backend)
     try:
         with bare_exceptions():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(janitor_for(backend).run, backend)
-                try:
-                    yield backend
-                finally:
-                    nursery.cancel_scope.cancel()
+            async with services_for(backend).hosted():
+                yield backend
     finally:
         _current_backend.reset(token)

@@ -1,10 +1,15 @@
-"""Releasing leases: the compare-and-set delete, and the janitor for the ones that failed.
+"""Releasing leases: the compare-and-set delete, and the janitor for what it could not do.
 
 A lease is only ever deleted by compare-and-set on a revision that holds our own
-candidate id. When the store cannot be reached at that moment, the lease is handed
-to the backend's :class:`Janitor`, which deletes it (still only if it is ours) once
-the store answers again: a renewal queued during an outage could otherwise keep the
-key for a whole extra ttl after its holder gave up.
+candidate id. Two cases need more than one delete, and go to the backend's
+:class:`Janitor`:
+
+- the store could not be reached when the lease was to be released: a renewal
+  queued during the outage could otherwise keep the key for a whole extra ttl;
+- a campaign ended unelected while a create of its own was still on its way. A
+  read cannot settle that: NATS may answer a read before it applies a publish sent
+  earlier on the same connection. The janitor *watches* the key instead, for as
+  long as that create could still land, and deletes it if it does.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import weakref
 
 import trio
 
+from ._context import services_for
 from ._exceptions import BackendUnavailable, RevisionMismatch
-from ._types import decode_value
+from ._types import Entry, decode_value
 from ._util import Backoff
 from .abc import Backend
 
@@ -31,6 +37,10 @@ RELEASE_TIMEOUT = 5.0
 JANITOR_BACKOFF = (0.1, 5.0)
 
 
+def _holds(entry: Entry | None, candidate_id: uuid.UUID) -> bool:
+    return entry is not None and decode_value(entry.value, entry.revision)[0] == candidate_id
+
+
 async def release_if_ours(backend: Backend, key: str, candidate_id: uuid.UUID,
                           revision: int | None) -> bool:
     """Delete *key* by compare-and-set if, and only if, *candidate_id* holds it.
@@ -41,7 +51,7 @@ async def release_if_ours(backend: Backend, key: str, candidate_id: uuid.UUID,
     while True:
         if revision is None:
             entry = await backend.get(key)
-            if entry is None or decode_value(entry.value, entry.revision)[0] != candidate_id:
+            if entry is None or not _holds(entry, candidate_id):
                 return False
             revision = entry.revision
         try:
@@ -55,50 +65,68 @@ async def release_if_ours(backend: Backend, key: str, candidate_id: uuid.UUID,
 
 
 class Janitor:
-    """Leases of one backend that we meant to release but could not reach the store for.
+    """Leases of one backend that we meant to release and could not, yet.
 
-    A release (or the clean-up of a create that landed after its campaign gave up)
-    that fails is remembered here. Whenever the store answers again the lease is
-    deleted by compare-and-set if it still holds our candidate id.
+    Each is cleaned by a background task of the backend (see
+    :func:`trio_noleader._context.services_for`) that watches the key: a lease of
+    ours that shows there is deleted by compare-and-set. The task watches at least
+    until *watch_until* (a write of ours may still land until then) and gives up at
+    *give_up_at* (by then anything of ours has expired in the store anyway).
     """
 
     def __init__(self) -> None:
         self._pending: dict[tuple[str, uuid.UUID], None] = {}
-        self._wakeup = trio.Event()
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, key: str, candidate_id: uuid.UUID) -> None:
-        """Remember to release *key* for *candidate_id*; the janitor tries at once."""
-        logger.warning(
-            "could not release %s (candidate %s) now; will release it once the store answers",
-            key, candidate_id,
-        )
+    def pending(self) -> list[tuple[str, uuid.UUID]]:
+        """The ``(key, candidate_id)`` pairs still being cleaned."""
+        return list(self._pending)
+
+    def add(self, backend: Backend, key: str, candidate_id: uuid.UUID, *,
+            watch_until: float, give_up_at: float, reason: str) -> None:
+        """Clean up *key* for *candidate_id* in the background (see the class)."""
+        logger.info("%s (candidate %s): %s; the janitor will delete it if it shows up",
+                    key, candidate_id, reason)
         self._pending[(key, candidate_id)] = None
-        self._wakeup.set()
+        services_for(backend).start(
+            self._clean, backend, key, candidate_id, watch_until,
+            max(give_up_at, watch_until),
+            name=f"trio_noleader janitor {key}")
 
-    async def sweep(self, backend: Backend) -> bool:
-        """Try every pending release once; return True when none is left."""
-        for key, cid in list(self._pending):
-            try:
-                await release_if_ours(backend, key, cid, None)
-            except BackendUnavailable:
-                continue
-            self._pending.pop((key, cid), None)
-        return not self._pending
+    async def _clean(self, backend: Backend, key: str, candidate_id: uuid.UUID,
+                     watch_until: float, give_up_at: float) -> None:
+        try:
+            with trio.move_on_at(give_up_at) as scope:
+                await self._watch_and_delete(backend, key, candidate_id, watch_until)
+            if scope.cancelled_caught:
+                logger.warning("could not clean up %s (candidate %s) before its lease "
+                               "ran out in the store", key, candidate_id)
+        finally:
+            self._pending.pop((key, candidate_id), None)
 
-    async def run(self, backend: Backend) -> None:
-        """Sweep until cancelled: at once when something is added, then with backoff."""
+    @staticmethod
+    async def _watch_and_delete(backend: Backend, key: str, candidate_id: uuid.UUID,
+                                watch_until: float) -> None:
         backoff = Backoff(*JANITOR_BACKOFF)
         while True:
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            backoff.reset()
-            while True:
-                if await self.sweep(backend):
-                    break
-                await trio.sleep(backoff.next())
+            try:
+                async with backend.watch(key) as updates:
+                    entry = await anext(updates)  # the current state, read in any case
+                    with trio.move_on_at(watch_until):
+                        while not _holds(entry, candidate_id):
+                            entry = await anext(updates)
+                    if not _holds(entry, candidate_id):
+                        return
+                    assert entry is not None
+                    if await release_if_ours(backend, key, candidate_id, entry.revision):
+                        logger.info("janitor released %s (candidate %s)", key, candidate_id)
+                    return
+            except (BackendUnavailable, StopAsyncIteration) as exc:
+                delay = backoff.next()
+                logger.debug("janitor for %s: %s; again in %.2g s", key, exc, delay)
+                await trio.sleep(delay)
 
 
 _janitors: weakref.WeakKeyDictionary[Backend, Janitor] = weakref.WeakKeyDictionary()

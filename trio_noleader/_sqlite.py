@@ -96,11 +96,13 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Row:
-    """A live row as one read saw it."""
+    """The row of a key as one read saw it, live or not."""
 
-    entry: Entry
+    #: The live entry, or None if the row has expired or was deleted.
+    entry: Entry | None
+    revision: int
     term: int
-    #: The entry's expiry, as seconds from the moment of the read.
+    #: The entry's expiry, as seconds from the moment of the read (0 if not live).
     remaining: float
 
 
@@ -342,21 +344,29 @@ class SQLiteBackend(Backend):
             live = self._live(conn, key, now)
             if live is None or live[0] != revision:
                 raise self._mismatch(key, revision, live)
-            # A delete is a write like the others: it takes a revision of its own.
-            self._bump(conn)
-            conn.execute("DELETE FROM noleader_lease WHERE key = ?", (key,))
+            # A delete is a write like the others: it takes a revision of its own,
+            # kept in the dead row, so that a watcher can tell that a whole term
+            # came and went between two of its looks.
+            new_revision = self._bump(conn)
+            conn.execute(
+                "UPDATE noleader_lease SET value = x'', revision = ?, expires_at = 0"
+                " WHERE key = ?", (new_revision, key))
 
     @staticmethod
     def _read_sync(key: str, conn: sqlite3.Connection) -> _Row | None:
+        """The key's row, live or not (None if it never had one)."""
         row = conn.execute(
             "SELECT CAST(value AS BLOB), revision, term, expires_at"
             " FROM noleader_lease WHERE key = ?", (key,)).fetchone()
-        now = time.time()
-        if row is None or not row[3] > now:
+        if row is None:
             return None
+        now = time.time()
         remaining = float(row[3]) - now
+        if not remaining > 0:
+            return _Row(None, int(row[1]), int(row[2]), 0.0)
         value = b"" if row[0] is None else bytes(row[0])
-        return _Row(Entry(key, value, int(row[1]), remaining), int(row[2]), remaining)
+        return _Row(Entry(key, value, int(row[1]), remaining), int(row[1]), int(row[2]),
+                    remaining)
 
     @staticmethod
     def _keys_sync(conn: sqlite3.Connection) -> list[str]:
@@ -422,7 +432,8 @@ class SQLiteBackend(Backend):
         Other processes' writes are seen within about ``poll_interval`` seconds,
         this backend's own at once, and an expiry when the entry's ``expires_at``
         passes. A vacancy that lasted less than one poll is still reported (as
-        ``None`` before the next entry).
+        ``None`` before the next entry), and so is a term that began and ended
+        between two looks (as ``None`` again).
         """
         check_key(key)
         if self._closing:
@@ -448,19 +459,25 @@ class SQLiteBackend(Backend):
             changed = self._changed
             row = await self._run(functools.partial(self._read_sync, key))
             read_at = trio.current_time()
+            entry = None if row is None else row.entry
+            was = None if last is None else last.entry
             if first:
                 first = False
-                yield None if row is None else row.entry
-            elif row is None:
-                if last is not None:
+                yield entry
+            elif entry is None:
+                # Vacant now. Also report it when it was vacant at the last look too
+                # but the row moved meanwhile: a whole term came and went unseen.
+                if was is not None or (0 if row is None else row.revision) != (
+                        0 if last is None else last.revision):
                     yield None
-            elif last is None or row.entry.revision != last.entry.revision:
-                if last is not None and row.term != last.term:
+            elif was is None or entry.revision != was.revision:
+                if was is not None and row is not None and last is not None \
+                        and row.term != last.term:
                     # A new term means the key was vacant in between.
                     yield None
-                yield row.entry
+                yield entry
             last = row
-            wake_at = math.inf if row is None else read_at + row.remaining
+            wake_at = math.inf if row is None or row.entry is None else read_at + row.remaining
             with trio.move_on_at(wake_at):
                 await changed.wait()
 

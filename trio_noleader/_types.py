@@ -19,6 +19,7 @@ __all__ = [
     "check_type",
     "decode_value",
     "encode_value",
+    "max_round_trip",
     "new_candidate_id",
     "type_error",
 ]
@@ -150,6 +151,20 @@ def check_timing(
             "or the body would be cancelled before the first renewal could land"
         )
     return ttl_f, renew_f, guard_f
+
+
+def max_round_trip(ttl: float, renew_interval: float, guard: float) -> float:
+    """The longest store round trip with which a lease can be kept, in seconds.
+
+    A renewal sent at ``t`` must be answered before the deadline that the previous
+    one set, ``t_previous + ttl - guard``, and renewals go out every
+    ``max(renew_interval, round trip)``. So a round trip ``X`` works while
+    ``X + max(renew_interval, X) < ttl - guard``, that is while
+    ``X < min(ttl - guard - renew_interval, (ttl - guard) / 2)``: 0.45 x ttl with
+    the default ``renew_interval`` and ``guard``. A create answered later than this
+    is no use either, which bounds how long a campaign waits for one.
+    """
+    return min(ttl - guard - renew_interval, (ttl - guard) / 2)
 
 
 def new_candidate_id() -> uuid.UUID:

@@ -21,12 +21,25 @@ Rules every backend keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
+from ._exceptions import BackendUnavailable, NoLeaderError, RevisionMismatch
 from ._types import Entry
 
-__all__ = ["Backend", "Entry"]
+__all__ = ["Backend", "Entry", "Update"]
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One compare-and-set update of :meth:`Backend.update_many`: the arguments of
+    :meth:`Backend.update`."""
+
+    key: str
+    value: bytes
+    revision: int
+    ttl: float
 
 
 class Backend(ABC):
@@ -58,6 +71,30 @@ class Backend(ABC):
             RevisionMismatch: if there is no live entry or its revision differs.
             BackendUnavailable: as for :meth:`create`.
         """
+
+    async def update_many(self, updates: Sequence[Update]) -> list[int | NoLeaderError]:
+        """Apply several :meth:`update` calls at once, each on its own terms.
+
+        Returns one result per update, in order: the new revision, or the
+        :class:`~trio_noleader.RevisionMismatch` or
+        :class:`~trio_noleader.BackendUnavailable` that :meth:`update` would have
+        raised for it. One failed compare-and-set never fails the others. It may
+        also raise ``BackendUnavailable`` as a whole (none, some or all of the
+        updates may then have been applied).
+
+        Optional: the default sends the updates one by one. A store that can do
+        better (one transaction, one round trip, one bridged call) overrides it,
+        and the election core then renews leases that fall due together in one
+        call.
+        """
+        results: list[int | NoLeaderError] = []
+        for update in updates:
+            try:
+                results.append(await self.update(update.key, update.value,
+                                                 revision=update.revision, ttl=update.ttl))
+            except (RevisionMismatch, BackendUnavailable) as exc:
+                results.append(exc)
+        return results
 
     @abstractmethod
     async def get(self, key: str) -> Entry | None:

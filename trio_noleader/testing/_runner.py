@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import replace
 
 import trio
 import trio.testing
 
+from .._context import services_for
 from ._fence import FencedResource
 from ._schedule import (
     Schedule,
@@ -81,16 +83,14 @@ async def run_schedule(schedule: Schedule, *, body: BodyFn | None = None,
         try:
             async with trio.open_nursery() as in_flight:
                 sim = Simulation(schedule, body or default_body, key, resource, in_flight, t0,
-                                  call_timeout)
-                async with trio.open_nursery() as nursery:
-                    for index in range(len(schedule.candidates)):
-                        nursery.start_soon(sim.candidate, index, name=f"c{index}")
-                    nursery.start_soon(sim.play_faults, name="faults")
-                    await trio.sleep_until(t0 + schedule.run_until)
-                    sim.end_faults()
-                    sim.shutting_down = True
-                    shutdown_started = trio.current_time()
-                    nursery.cancel_scope.cancel()
+                                 call_timeout)
+                async with contextlib.AsyncExitStack() as hosts:
+                    # The core's background tasks for each candidate (janitor, shared
+                    # watch) run here, and end with the run.
+                    for backend in sim.backends:
+                        await hosts.enter_async_context(services_for(backend).hosted())
+                    await _play(sim, schedule, t0)
+                    shutdown_started = sim.shutdown_started
                 trace.shutdown_took = trio.current_time() - shutdown_started
         finally:
             trio.lowlevel.remove_instrument(guard)
@@ -104,6 +104,18 @@ async def run_schedule(schedule: Schedule, *, body: BodyFn | None = None,
                             if t not in baseline and t not in ancestors]
     _fill(trace, sim, resource, t0)
     return trace
+
+
+async def _play(sim: Simulation, schedule: Schedule, t0: float) -> None:
+    async with trio.open_nursery() as nursery:
+        for index in range(len(schedule.candidates)):
+            nursery.start_soon(sim.candidate, index, name=f"c{index}")
+        nursery.start_soon(sim.play_faults, name="faults")
+        await trio.sleep_until(t0 + schedule.run_until)
+        sim.end_faults()
+        sim.shutting_down = True
+        sim.shutdown_started = trio.current_time()
+        nursery.cancel_scope.cancel()
 
 
 def _fill(trace: Trace, sim: Simulation, resource: FencedResource, t0: float) -> None:

@@ -197,6 +197,7 @@ class Simulation:
         self.resume_at = [c.start for c in schedule.candidates]
         self.up = [False for _ in schedule.candidates]
         self.shutting_down = False
+        self.shutdown_started = 0.0
         self.terms: list[Term] = []
         self.issued: list[IssuedWrite] = []
         self.errors: list[str] = []
