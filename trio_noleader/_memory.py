@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -11,9 +11,9 @@ from types import TracebackType
 import trio
 
 from ._context import backend_scope
-from ._exceptions import KeyExists, RevisionMismatch
+from ._exceptions import KeyExists, NoLeaderError, RevisionMismatch
 from ._types import Entry, check_key
-from .abc import Backend
+from .abc import Backend, Update
 
 __all__ = ["MemoryBackend"]
 
@@ -95,6 +95,22 @@ class MemoryBackend(Backend):
     async def update(self, key: str, value: bytes, *, revision: int, ttl: float) -> int:
         check_key(key)
         await trio.lowlevel.checkpoint()
+        return self._update(key, value, revision, ttl)
+
+    async def update_many(self, updates: Sequence[Update]) -> list[int | NoLeaderError]:
+        """Apply the updates together, at one instant, each on its own terms."""
+        for update in updates:
+            check_key(update.key)
+        await trio.lowlevel.checkpoint()
+        results: list[int | NoLeaderError] = []
+        for u in updates:
+            try:
+                results.append(self._update(u.key, u.value, u.revision, u.ttl))
+            except RevisionMismatch as exc:
+                results.append(exc)
+        return results
+
+    def _update(self, key: str, value: bytes, revision: int, ttl: float) -> int:
         slot = self._live(key)
         if slot is None or slot.revision != revision:
             raise RevisionMismatch(

@@ -49,7 +49,7 @@ import logging
 import math
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -60,9 +60,9 @@ import trio
 from nats.js import api
 
 from . import _aio
-from ._exceptions import BackendUnavailable, KeyExists, RevisionMismatch
+from ._exceptions import BackendUnavailable, KeyExists, NoLeaderError, RevisionMismatch
 from ._types import Entry, check_key, type_error
-from .abc import Backend
+from .abc import Backend, Update
 
 __all__ = ["NatsBackend"]
 
@@ -194,6 +194,9 @@ class NatsBackend(Backend):
                                        js=self._js, direct=False)
         # (key, revision) pairs known to be live values, not markers: see _aio_require_value.
         self._values: OrderedDict[tuple[str, int], None] = OrderedDict()
+        # key -> sequence of the last delete, purge or expiry marker seen on it: a
+        # create expects it, which takes one round trip instead of three.
+        self._absent: OrderedDict[str, int] = OrderedDict()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -237,6 +240,15 @@ class NatsBackend(Backend):
         self._values.move_to_end((key, revision))
         while len(self._values) > 4096:
             self._values.popitem(last=False)
+        self._absent.pop(key, None)
+
+    def _vacated(self, key: str, revision: int) -> None:
+        """*key*'s last message is the delete, purge or marker at *revision*."""
+        if revision > self._absent.get(key, 0):
+            self._absent[key] = revision
+            self._absent.move_to_end(key)
+            while len(self._absent) > 4096:
+                self._absent.popitem(last=False)
 
     # -- asyncio side ------------------------------------------------------------
 
@@ -262,7 +274,10 @@ class NatsBackend(Backend):
         return seq
 
     async def _aio_create(self, key: str, value: bytes, ttl: float) -> int:
-        expected = 0
+        # A compare-and-set on the key's last sequence: that of the marker, delete
+        # or purge we last saw on it (the watch or a read delivered it), else 0
+        # (never written). Only if that is stale, read the last message and retry.
+        expected = self._absent.get(key, 0)
         # Each retry follows a concurrent change; a live value ends the loop.
         for _ in range(10):
             try:
@@ -276,6 +291,7 @@ class NatsBackend(Backend):
             elif _is_absent(last.headers):
                 # A marker, delete or purge: the key is free; write over it by CAS.
                 expected = last.seq
+                self._vacated(key, last.seq)
             else:
                 raise KeyExists(key)
         raise KeyExists(f"{key}: changed under every attempt to create it")
@@ -377,10 +393,50 @@ class NatsBackend(Backend):
         self._remember(key, new_revision)
         return new_revision
 
+    async def update_many(self, updates: Sequence[Update]) -> list[int | NoLeaderError]:
+        """Publish all the renewals at once, in one call across the asyncio bridge.
+
+        Each is its own compare-and-set with its own outcome; nats-py pipelines the
+        publishes on the one connection.
+        """
+        for update in updates:
+            check_key(update.key)
+            self.check_ttl(update.ttl)
+        results = await self._call(f"update {len(updates)} keys", self._aio_update_many,
+                                   updates)
+        for update, result in zip(updates, results, strict=True):
+            if isinstance(result, int):
+                self._remember(update.key, result)
+        return results
+
+    async def _aio_update_many(self, updates: Sequence[Update]) -> list[int | NoLeaderError]:
+        async def one(update: Update) -> int | NoLeaderError:
+            try:
+                return await self._aio_cas(update.key, bytes(update.value), update.revision,
+                                           update.ttl)
+            except RevisionMismatch as exc:
+                return exc
+            except nats.js.errors.NotFoundError as exc:
+                if exc.err_code == _STREAM_NOT_FOUND:
+                    raise  # the bucket is gone: the whole call fails
+                return self._unavailable(f"update {update.key!r}", exc)
+            except _TRANSIENT as exc:
+                return self._unavailable(f"update {update.key!r}", exc)
+
+        return list(await asyncio.gather(*(one(update) for update in updates)))
+
+    def _unavailable(self, what: str, exc: BaseException) -> BackendUnavailable:
+        error = BackendUnavailable(f"{what} at {self._address}: {_describe(exc)}")
+        error.__cause__ = exc
+        return error
+
     async def get(self, key: str) -> Entry | None:
         check_key(key)
         msg = await self._call(f"get {key!r}", self._aio_last, key)
-        if msg is None or _is_absent(msg.headers):
+        if msg is None:
+            return None
+        if _is_absent(msg.headers):
+            self._vacated(key, msg.seq)
             return None
         self._remember(key, msg.seq)
         return Entry(key, bytes(msg.data or b""), msg.seq, self._expires_in(msg))
@@ -402,9 +458,10 @@ class NatsBackend(Backend):
 
     async def delete(self, key: str, *, revision: int) -> None:
         check_key(key)
-        await self._call(f"delete {key!r}", self._aio_cas, key, b"", revision, None,
-                         {_KV_OPERATION: "DEL"})
+        sequence = await self._call(f"delete {key!r}", self._aio_cas, key, b"", revision,
+                                    None, {_KV_OPERATION: "DEL"})
         self._values.pop((key, revision), None)
+        self._vacated(key, sequence)
 
     async def keys(self) -> list[str]:
         return await self._call("list keys", self._aio_keys)
@@ -493,6 +550,7 @@ class _Updates:
                 state: Entry | None = None
             elif update.operation in ("DEL", "PURGE"):  # also expiry markers
                 state = None
+                self._backend._vacated(self._key, update.revision)
             else:
                 state = Entry(self._key, bytes(update.value or b""), update.revision)
             revision = None if state is None else state.revision

@@ -42,7 +42,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -50,10 +50,10 @@ from typing import TypeVar
 import trio
 
 from ._context import backend_scope
-from ._exceptions import BackendUnavailable, KeyExists, RevisionMismatch
+from ._exceptions import BackendUnavailable, KeyExists, NoLeaderError, RevisionMismatch
 from ._types import Entry, check_key, check_seconds, type_error
 from ._unwrap import bare_exceptions
-from .abc import Backend
+from .abc import Backend, Update
 
 __all__ = ["SQLiteBackend", "open_sqlite_backend"]
 
@@ -330,14 +330,30 @@ class SQLiteBackend(Backend):
     def _update_sync(self, key: str, value: bytes, revision: int, ttl: float,
                      conn: sqlite3.Connection) -> int:
         with self._transaction(conn) as now:
-            live = self._live(conn, key, now)
-            if live is None or live[0] != revision:
-                raise self._mismatch(key, revision, live)
-            new_revision = self._bump(conn)
-            conn.execute(
-                "UPDATE noleader_lease SET value = ?, revision = ?, expires_at = ?"
-                " WHERE key = ?", (value, new_revision, now + ttl, key))
+            return self._cas_in(conn, now, key, value, revision, ttl)
+
+    def _cas_in(self, conn: sqlite3.Connection, now: float, key: str, value: bytes,
+                revision: int, ttl: float) -> int:
+        """One compare-and-set update inside the caller's transaction."""
+        live = self._live(conn, key, now)
+        if live is None or live[0] != revision:
+            raise self._mismatch(key, revision, live)
+        new_revision = self._bump(conn)
+        conn.execute(
+            "UPDATE noleader_lease SET value = ?, revision = ?, expires_at = ?"
+            " WHERE key = ?", (value, new_revision, now + ttl, key))
         return new_revision
+
+    def _update_many_sync(self, updates: Sequence[Update],
+                          conn: sqlite3.Connection) -> list[int | NoLeaderError]:
+        results: list[int | NoLeaderError] = []
+        with self._transaction(conn) as now:
+            for u in updates:
+                try:
+                    results.append(self._cas_in(conn, now, u.key, u.value, u.revision, u.ttl))
+                except RevisionMismatch as exc:
+                    results.append(exc)
+        return results
 
     def _delete_sync(self, key: str, revision: int, conn: sqlite3.Connection) -> None:
         with self._transaction(conn) as now:
@@ -405,6 +421,17 @@ class SQLiteBackend(Backend):
         return await self._run(
             functools.partial(self._update_sync, key, bytes(value), revision, ttl),
             write=True)
+
+    async def update_many(self, updates: Sequence[Update]) -> list[int | NoLeaderError]:
+        """Several compare-and-set updates in one transaction (one sync to disk).
+
+        Each keeps its own outcome; a failure of the transaction itself raises
+        :class:`BackendUnavailable` for all (none of them was applied).
+        """
+        checked = [Update(check_key(u.key), bytes(u.value), u.revision,
+                          check_seconds("ttl", u.ttl)) for u in updates]
+        return await self._run(functools.partial(self._update_many_sync, checked),
+                               write=True)
 
     async def get(self, key: str) -> Entry | None:
         """Return the live entry under *key* (with ``expires_in``), or ``None``."""
