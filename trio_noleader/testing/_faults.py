@@ -189,7 +189,11 @@ class FaultyBackend(Backend):
       its request may still land);
     - ``drift``: the store's clock runs fast by this fraction relative to the
       candidate's, modelled by asking the store for ``ttl * (1 - drift)`` on every
-      create and update. The library is safe while ``drift < guard / ttl``.
+      create and update. The library is safe while ``drift < guard / ttl``;
+    - ``reads_overtake``: a read reaches the store at once, ahead of this
+      candidate's writes still on their way, as NATS may answer a read before it
+      applies a publish sent earlier on the same connection. A read then never
+      proves that an earlier write of its own did not land.
 
     Requests in flight: without ``in_flight``, cancelling a caller also cancels its
     request wherever it is. With ``in_flight`` (a nursery that outlives the
@@ -221,7 +225,7 @@ class FaultyBackend(Backend):
                  rng: random.Random | None = None, name: str = "",
                  switch: StoreSwitch | None = None, drift: float = 0.0,
                  in_flight: trio.Nursery | None = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, reads_overtake: bool = False) -> None:
         if not 0.0 <= drift < 1.0:
             raise ValueError(f"drift={drift!r}: must be >= 0 and < 1")
         self.inner = inner
@@ -234,6 +238,7 @@ class FaultyBackend(Backend):
         self.drift = drift
         self.in_flight = in_flight
         self.timeout = timeout
+        self.reads_overtake = reads_overtake
         self.lose_next_replies = 0
         #: Every call, as its caller saw it.
         self.calls: list[Call] = []
@@ -393,7 +398,8 @@ class FaultyBackend(Backend):
                    value: bytes | None) -> None:
         """Carry one request to the store and apply it there."""
         try:
-            await self._delay()
+            if write or not self.reads_overtake:
+                await self._delay()
             if self._network_down() or (
                     self.lose_requests and self.rng.random() < self.lose_requests):
                 flight.lost = True

@@ -86,12 +86,15 @@ class Candidate:
         drift (float): How much faster the store's clock runs than this
             candidate's (see :class:`FaultyBackend`); the library's guarantee needs
             ``drift < guard / ttl``.
+        reads_overtake (bool): Its reads reach the store ahead of its writes still
+            on their way (see :class:`FaultyBackend`), as on NATS.
     """
 
     mode: Mode = "hold"
     start: float = 0.0
     latency: Latency = Latency()
     drift: float = 0.0
+    reads_overtake: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -190,7 +190,7 @@ class Simulation:
                 low if high <= low else functools.partial(rng.uniform, low, high))
             backend = FaultyBackend(self.store, latency=latency, rng=rng, name=f"c{i}",
                                     switch=self.switch, drift=spec.drift, in_flight=in_flight,
-                                    timeout=call_timeout)
+                                    timeout=call_timeout, reads_overtake=spec.reads_overtake)
             self.backends.append(backend)
             self.links.append(_Link(backend, latency))
         self.scopes = [trio.CancelScope() for _ in schedule.candidates]

@@ -101,7 +101,9 @@ def _candidate(draw: st.DrawFn, timing: Timing, modes: Sequence[Mode],
     bound_ppm = math.ceil(max_drift * timing.guard / timing.ttl * 1_000_000) - 1
     drift_ppm = (draw(st.just(0) | st.just(bound_ppm) | st.integers(0, bound_ppm))
                  if bound_ppm > 0 else 0)
-    return Candidate(mode, start, Latency(_ms(low_ms), _ms(high_ms)), drift_ppm / 1_000_000)
+    overtake = draw(st.booleans())
+    return Candidate(mode, start, Latency(_ms(low_ms), _ms(high_ms)), drift_ppm / 1_000_000,
+                     overtake)
 
 
 @st.composite

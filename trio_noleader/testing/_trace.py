@@ -435,6 +435,51 @@ class Trace:
                 history[write.new_revision] = write
         self._fail(problems)
 
+    def check_no_leaks(self) -> None:
+        """A campaign that ended unelected leaves no lease behind to expire.
+
+        A create that landed for a campaign that never entered its body (it was
+        stopped, or the run ended, while the reply was on its way) must be deleted
+        by compare-and-set, not left to run out its ttl while others wait. Leases
+        whose candidate crashed or lost its link (partition, outage, pause, lossy or
+        slow link) before they expired are exempt, as are those still live at the
+        end of the run.
+
+        Raises:
+            AssertionError: naming each lease left to expire.
+        """
+        elected = {term.candidate_id for term in self.terms}
+        applied = [w for w in self.store_writes if w.result == "ok"]
+        problems = []
+        for i, write in enumerate(applied):
+            if write.op != "create" or write.value is None or len(write.value) < 16:
+                continue
+            if uuid.UUID(bytes=bytes(write.value[:16])) in elected:
+                continue
+            index = int(write.candidate[1:])
+            store_ttl = self.schedule.timing.ttl * (1 - self.schedule.candidates[index].drift)
+            revision, expires, deleted = write.new_revision, write.time + store_ttl, False
+            for later in applied[i + 1:]:
+                if later.time >= expires:
+                    break
+                if later.revision == revision and later.op == "update":
+                    revision, expires = later.new_revision, later.time + store_ttl
+                elif later.revision == revision and later.op == "delete":
+                    deleted = True
+                    break
+            if deleted or expires >= self.end:
+                continue
+            if index in self.crashed and self.crashed[index] <= expires:
+                continue
+            if any(span.kind in _LINK_FAULTS and span.candidate in (None, index)
+                   and span.start <= expires and span.end >= write.sent
+                   for span in self.faults):
+                continue
+            problems.append(f"{write.candidate}'s create (revision {write.new_revision}, "
+                            f"landed at {write.time:.6g}) was never elected, never deleted, "
+                            f"and expired at {expires:.6g}")
+        self._fail(problems)
+
     def check_clean(self) -> None:
         """No undocumented exception escaped, nothing livelocked, no task was left
         running, and shutting down (cancelling every candidate, which releases)
@@ -457,8 +502,13 @@ class Trace:
         self.check_safety()
         self.check_fencing()
         self.check_hygiene()
+        self.check_no_leaks()
         self.check_liveness()
         self.check_handover()
+
+
+#: Faults that cut a candidate off the store (a crash is counted apart).
+_LINK_FAULTS = frozenset({"partition", "outage", "pause", "lossy", "slow"})
 
 
 def _first_gap(covered: list[tuple[float, float]], start: float, end: float) -> float | None:
