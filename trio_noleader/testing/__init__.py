@@ -49,6 +49,7 @@ from ._schedule import Restart as Restart
 from ._schedule import Schedule as Schedule
 from ._schedule import Slow as Slow
 from ._schedule import Timing as Timing
+from ._servers import NatsServer as NatsServer
 
 if TYPE_CHECKING:
     from ._strategies import FAULT_KINDS as FAULT_KINDS
