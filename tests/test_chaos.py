@@ -82,8 +82,7 @@ def slow(test: F) -> F:
 
 KEY = "chaos/job"
 TTL = 2  # NATS TTLs are whole seconds
-RENEW = TTL / 3  # the defaults: renew_interval = ttl/3, guard = ttl/10
-GUARD = TTL / 10
+RENEW = TTL / 3  # the candidates use the default renew_interval (and guard, ttl/10)
 USER = "alice"
 SECRET = "ch4os-pa55word"
 #: A write made after the body's deadline, on the body's way out, may take this long.
