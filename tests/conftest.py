@@ -12,7 +12,10 @@ from trio_noleader.abc import Backend
 
 from .backends import BACKENDS
 from .harness import BackendSpec
-from .nats_fixture import nats_url  # noqa: F401  (the session's nats-server)
+from .nats_fixture import (
+    nats_url,  # noqa: F401  (the session's nats-server)
+    require_nats_extra,
+)
 
 settings.register_profile(
     "quick", max_examples=60, deadline=None,
@@ -23,6 +26,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture: a skip raised inside trio.run (an async fixture that asks
+    # for nats_url) would lose its reason.
+    if item.get_closest_marker("nats") is not None:
+        require_nats_extra()
 
 
 @pytest.fixture(params=BACKENDS)
