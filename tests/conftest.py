@@ -1,17 +1,21 @@
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import spec_memory
 import trio.testing
-from harness import BackendSpec
 from hypothesis import HealthCheck, settings
 
 from trio_noleader.abc import Backend
+
+from .backends import BACKENDS
+from .harness import BackendSpec
+from .nats_fixture import (
+    nats_url,  # noqa: F401  (the session's nats-server)
+    require_nats_extra,
+)
 
 settings.register_profile(
     "quick", max_examples=60, deadline=None,
@@ -23,27 +27,18 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
-with contextlib.suppress(ImportError):
-    # Session fixtures that start a real nats-server (see nats_fixture.py).
-    from nats_fixture import *  # noqa: F403
 
-SPECS: list[BackendSpec] = [spec_memory.SPEC]
-try:
-    import spec_sqlite
-
-    SPECS.append(spec_sqlite.SPEC)
-except ImportError:  # the SQLite spec lands with the SQLite backend
-    pass
-try:
-    import spec_nats
-
-    SPECS.append(spec_nats.SPEC)
-except ImportError:  # the NATS spec lands with the NATS backend
-    pass
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture: a skip raised inside trio.run (an async fixture that asks
+    # for nats_url) would lose its reason.
+    if item.get_closest_marker("nats") is not None:
+        require_nats_extra()
 
 
-@pytest.fixture(params=SPECS, ids=[spec.name for spec in SPECS])
+@pytest.fixture(params=BACKENDS)
 def spec(request: pytest.FixtureRequest) -> BackendSpec:
+    """The backend under test: each test that takes it runs once per backend in
+    tests/backends.py, with that backend's marks."""
     result: BackendSpec = request.param
     return result
 
