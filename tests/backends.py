@@ -59,8 +59,9 @@ POLL_INTERVAL = 0.01
 @asynccontextmanager
 async def _open_sqlite(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     tmp_path: Path = request.getfixturevalue("tmp_path")
-    async with open_sqlite_backend(tmp_path / "leases.db",
-                                   poll_interval=POLL_INTERVAL) as backend:
+    # A fresh file per test, none replaced: no grace for the first lease of a store.
+    async with open_sqlite_backend(tmp_path / "leases.db", poll_interval=POLL_INTERVAL,
+                                   new_store_grace=False) as backend:
         yield backend
 
 

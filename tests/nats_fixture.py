@@ -109,7 +109,9 @@ async def open_test_backend(request: pytest.FixtureRequest,
     from trio_noleader import open_nats_backend
 
     name = bucket or f"test_{uuid.uuid4().hex[:16]}"
-    async with open_nats_backend(url, bucket=name, storage="memory") as backend:
+    # A fresh bucket per test, none replaced: no grace for the first lease of a store.
+    async with open_nats_backend(url, bucket=name, storage="memory",
+                                 new_store_grace=False) as backend:
         try:
             yield backend
         finally:

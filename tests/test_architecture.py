@@ -27,7 +27,8 @@ LAYERS: list[set[str]] = [
     {"_version", "_exceptions", "_types", "_util", "_unwrap", "_urls"},
     {"abc"},
     {"_release", "_context", "_hub", "_batch"},
-    {"_aio", "_memory", "_sqlite", "_nats", "_nats_setup", "_open"},
+    {"_aio", "_memory", "_sqlite_file", "_sqlite", "_nats_base", "_nats_watch", "_nats",
+     "_nats_setup", "_open"},
     {"_campaign", "_election"},
     {"_helpers"},
     {"testing._faults", "testing._fence", "testing._schedule", "testing._trace",
@@ -39,8 +40,8 @@ LAYERS: list[set[str]] = [
 
 #: Third-party imports allowed only in these modules (the optional extras).
 EXTRAS: dict[str, set[str]] = {
-    "nats": {"_nats", "_nats_setup"},
-    "trio_asyncio": {"_aio", "_nats", "_nats_setup"},
+    "nats": {"_nats_base", "_nats_watch", "_nats", "_nats_setup"},
+    "trio_asyncio": {"_aio"},
     "hypothesis": {"testing._strategies"},
 }
 

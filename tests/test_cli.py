@@ -104,7 +104,8 @@ async def run_cli(*args: str, limit: float = 60) -> tuple[int, str]:
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'leases.db'}"
+    # A fresh file per test, never replaced: no grace for the first lease.
+    return f"sqlite://{tmp_path / 'leases.db'}?new_store_grace=off"
 
 
 def read_log(path: Path) -> list[tuple[str, int, float, int]]:

@@ -44,7 +44,8 @@ from trio_noleader import (
     hold_leadership,
     open_backend,
 )
-from trio_noleader._nats import MARKER_TTL, NatsBackend
+from trio_noleader._nats import NatsBackend
+from trio_noleader._nats_base import MARKER_TTL
 from trio_noleader._nats_setup import open_nats_backend
 from trio_noleader._urls import parse_nats_url, redact_url
 from trio_noleader.testing import NatsServer
@@ -513,7 +514,8 @@ async def test_credentials_pass_through_and_stay_secret(
     with nats_server(tmp_path / "userpass", args=["--user", "alice", "--pass", "s3cret-pw"]
                      ) as server:
         host = server.url.partition("://")[2]
-        async with open_backend(f"nats://alice:s3cret-pw@{host}/creds") as store:
+        async with open_backend(f"nats://alice:s3cret-pw@{host}/creds?new_store_grace=off"
+                                ) as store:
             assert isinstance(store, NatsBackend)
             assert store.bucket == "creds"
             assert "s3cret-pw" not in repr(store)
@@ -530,7 +532,7 @@ async def test_credentials_pass_through_and_stay_secret(
         assert "wr0ng-pw" not in str(raised.value)
     with nats_server(tmp_path / "token", args=["--auth", "t0ken-value"]) as server:
         host = server.url.partition("://")[2]
-        async with open_backend(f"nats://t0ken-value@{host}/tok") as store:
+        async with open_backend(f"nats://t0ken-value@{host}/tok?new_store_grace=off") as store:
             assert isinstance(store, NatsBackend)
             assert "t0ken-value" not in repr(store)
             # open_backend made it the default backend of the block.
@@ -556,7 +558,8 @@ async def test_tls_context_passes_through(tmp_path: Path) -> None:
         context = ssl.create_default_context()
         ca.configure_trust(context)
         with trio.fail_after(10):
-            async with open_nats_backend(url, bucket="tls", tls=context) as store:
+            async with open_nats_backend(url, bucket="tls", tls=context,
+                                         new_store_grace=False) as store:
                 revision = await store.create(KEY, b"a" * 16, ttl=5)
                 entry = await store.get(KEY)
                 assert entry is not None
@@ -589,7 +592,7 @@ async def test_disconnect_is_backend_unavailable_and_reconnect_recovers(tmp_path
         reconnected.set()
 
     with nats_server(tmp_path) as server:
-        async with open_nats_backend(server.url, bucket="outage",
+        async with open_nats_backend(server.url, bucket="outage", new_store_grace=False,
                                      reconnected_cb=on_reconnect) as store:
             with trio.fail_after(15):
                 revision = await store.create(KEY, b"a" * 16, ttl=60)
@@ -724,7 +727,7 @@ async def test_nats_server_restarts_on_its_port_with_its_store(tmp_path: Path) -
         assert server.version().startswith("v")
         with pytest.raises(RuntimeError, match="running already"):
             server.start()
-        async with open_nats_backend(url, bucket="kept") as store:
+        async with open_nats_backend(url, bucket="kept", new_store_grace=False) as store:
             revision = await store.create(KEY, b"k" * 16, ttl=60)
         process = server.process
         assert process is not None

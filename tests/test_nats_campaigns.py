@@ -25,8 +25,9 @@ TTL = 2
 async def two_backends(nats_url: str) -> AsyncIterator[tuple[NatsBackend, NatsBackend]]:
     """Two connections (two "processes") on one fresh in-memory bucket."""
     bucket = f"camp_{uuid.uuid4().hex[:12]}"
-    async with open_nats_backend(nats_url, bucket=bucket, storage="memory") as first, \
-            open_nats_backend(nats_url, bucket=bucket) as second:
+    async with open_nats_backend(nats_url, bucket=bucket, storage="memory",
+                                 new_store_grace=False) as first, \
+            open_nats_backend(nats_url, bucket=bucket, new_store_grace=False) as second:
         yield first, second
 
 

@@ -215,9 +215,9 @@ async def test_one_failed_renewal_in_a_batch_fails_only_its_own_lease(
 async def test_three_thousand_tasks_keep_electing(store: str, request: pytest.FixtureRequest,
                                                   tmp_path: Any) -> None:
     if store == "sqlite":
-        url = f"sqlite://{tmp_path / 'leases.db'}"
+        url = f"sqlite://{tmp_path / 'leases.db'}?new_store_grace=off"
     else:
-        url = f"{request.getfixturevalue('nats_url')}/scale_{id(request)}"
+        url = f"{request.getfixturevalue('nats_url')}/scale_{id(request)}?new_store_grace=off"
     terms: list[float] = []
     wanted = 10
     enough = trio.Event()

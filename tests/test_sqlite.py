@@ -12,8 +12,15 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, closing, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    closing,
+    contextmanager,
+)
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -27,9 +34,17 @@ from trio_noleader import (
     current_leader,
     hold_leadership,
     open_backend,
-    open_sqlite_backend,
+)
+from trio_noleader import (
+    open_sqlite_backend as _open_sqlite_backend,
 )
 from trio_noleader._urls import path_from_url
+
+
+# Each test makes a fresh file and none replaces one: the first lease of a store
+# need not wait out a ttl here (tests/test_store_identity.py covers that grace).
+def open_sqlite_backend(*args: Any, **options: Any) -> AbstractAsyncContextManager[SQLiteBackend]:
+    return _open_sqlite_backend(*args, new_store_grace=False, **options)
 
 KEY = "jobs/compactor"
 
@@ -76,9 +91,10 @@ def test_path_from_url(url: str, path: str) -> None:
     ("sqlite:", "names no file"),
     ("sqlite:///", "names a directory"),
     ("sqlite:///var/lib/", "names a directory"),
-    ("sqlite:///x.db?mode=ro", "query strings"),
+    ("sqlite:///x.db?mode=ro", "unknown parameter 'mode'"),
+    ("sqlite:///x.db?new_store_grace=maybe", "none of on, off"),
     ("sqlite:///x.db#frag", "fragments"),
-    ("sqlite:///x.db?", "query strings"),
+    ("sqlite:///x.db?", "an empty query string"),
     ("sqlite://user:secret@host/x.db", "not a user"),
     ("sqlite:///x%00.db", "NUL"),
     ("memory://", "scheme must be sqlite"),
@@ -116,7 +132,7 @@ async def test_relative_path_is_taken_from_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    async with open_backend("sqlite://sub/rel.db") as backend:
+    async with open_backend("sqlite://sub/rel.db?new_store_grace=off") as backend:
         assert isinstance(backend, SQLiteBackend)
         assert backend.path == str(tmp_path / "sub" / "rel.db")
         await backend.create(KEY, b"x", ttl=5)
@@ -217,7 +233,7 @@ async def test_bad_arguments_raise_before_io(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(error, match=match):
-        async with open_sqlite_backend(**kwargs):  # type: ignore[arg-type]
+        async with _open_sqlite_backend(**kwargs):  # type: ignore[arg-type]
             pytest.fail("opened")  # pragma: no cover
     assert not any(await trio.to_thread.run_sync(lambda: list(tmp_path.iterdir())))
 

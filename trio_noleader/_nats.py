@@ -42,12 +42,9 @@ watches afresh and gets the current state first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
-import json
 import logging
 import math
-import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -57,10 +54,27 @@ import nats.errors
 import nats.js.errors
 import nats.js.kv
 import trio
-from nats.js import api
+import trio.lowlevel
 
 from . import _aio
 from ._exceptions import BackendUnavailable, KeyExists, NoLeaderError, RevisionMismatch
+from ._nats_base import (
+    _EXPECTED_LAST,
+    _KV_OPERATION,
+    _MSG_TTL,
+    _STREAM_NOT_FOUND,
+    _TRANSIENT,
+    _WRONG_LAST_SEQUENCE,
+    IDENTITY_INTERVAL,
+    MAX_TTL,
+    REQUEST_TIMEOUT,
+    WATCH_INACTIVE_THRESHOLD,
+    _describe,
+    _is_absent,
+    _Link,
+    _parse_duration,
+)
+from ._nats_watch import Updates
 from ._types import Entry, check_key, type_error
 from .abc import Backend, Update
 
@@ -70,95 +84,7 @@ logger = logging.getLogger("trio_noleader")
 
 T = TypeVar("T")
 
-#: Seconds the server keeps an expiry marker (the bucket's ``limit_marker_ttl``).
-#: Long enough for a watcher whose consumer was reset after missed heartbeats
-#: (about 10 s) to still see the marker; short, because a client that does not know
-#: markers (nats-py's own ``kv.create``, perhaps the Rust crate's) takes one for a
-#: live value until it is gone.
-MARKER_TTL = 30.0
-
-#: Seconds for one JetStream API request (nats-py's own default is 5 s too).
-REQUEST_TIMEOUT = 5.0
-
-#: How often a waiting watcher checks that the connection is still alive.
-WATCH_LIVENESS_INTERVAL = 1.0
-
-#: Seconds the server keeps a watcher's consumer after its subscriber went away. A
-#: watch breaks on any disconnect anyway, so the consumer need not outlive an outage.
-WATCH_INACTIVE_THRESHOLD = 15.0
-
-#: The longest lease TTL in seconds. nats-server (2.15) drops a message at once when
-#: its ``Nats-TTL`` overflows the server's nanosecond clock arithmetic (from about
-#: 9.2e9 s less the current Unix time): such a lease would vanish from the store
-#: while its holder's deadline lay centuries ahead.
-MAX_TTL = 10**9
-
-# JSStreamWrongLastSequenceErrF and JSStreamWrongLastSequenceConstantErr.
-_WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
-# JSStreamNotFoundErr: the bucket itself is gone, not just the key.
-_STREAM_NOT_FOUND = 10059
-
-_EXPECTED_LAST = api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value
-_KV_OPERATION = "KV-Operation"
-_MARKER_REASON = "Nats-Marker-Reason"
-_MSG_TTL = api.Header.MSG_TTL.value
-
-# Errors from nats-py that mean "the store did not answer usefully (now)".
-_TRANSIENT = (nats.errors.Error, OSError, asyncio.TimeoutError)
-
-
-# -- small helpers --------------------------------------------------------------
-
-
-def _describe(exc: BaseException) -> str:
-    name = type(exc).__name__
-    if isinstance(exc, nats.js.errors.APIError):
-        # nats-py's str() of an API error repeats itself and prints "None"s.
-        details = [f"{label} {value}" for label, value in
-                   (("code", exc.code), ("err_code", exc.err_code)) if value is not None]
-        text = f"{name} ({', '.join(details)})" if details else name
-        return f"{text}: {exc.description}" if exc.description else text
-    text = str(exc).strip()
-    return f"{name}: {text}" if text and text != name else name
-
-
-def _is_absent(headers: Mapping[str, str] | None) -> bool:
-    """True for a delete, a purge or a server marker (TTL or max-age expiry)."""
-    if not headers:
-        return False
-    return headers.get(_KV_OPERATION) in ("DEL", "PURGE") or _MARKER_REASON in headers
-
-
-def _parse_duration(text: str) -> float | None:
-    """Seconds in a ``Nats-TTL`` header ("5", "5s", "2m", "1h"), or None."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
-    if match is None:
-        return None
-    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2) or "s"]
-    return float(match.group(1)) * unit
-
-
-async def _js_api(nc: Any, subject: str, payload: Mapping[str, Any] | None = None
-                  ) -> dict[str, Any]:
-    """One raw JetStream API request (asyncio side); raises nats-py's APIError."""
-    data = json.dumps(payload).encode() if payload is not None else b""
-    msg = await nc.request(f"$JS.API.{subject}", data, timeout=REQUEST_TIMEOUT)
-    response: dict[str, Any] = json.loads(msg.data)
-    if "error" in response:
-        nats.js.errors.APIError.from_error(response["error"])  # always raises
-    return response
-
-
 # -- the backend ----------------------------------------------------------------
-
-
-class _Link:
-    """Connection state shared by the callbacks, the backend and its watchers."""
-
-    def __init__(self) -> None:
-        self.connected = False  # the first connect succeeded
-        self.closing = False  # aclose() began: a disconnect now is ours
-        self.disconnects = 0  # a watcher opened before a disconnect may have missed news
 
 
 class NatsBackend(Backend):
@@ -177,14 +103,28 @@ class NatsBackend(Backend):
             hatch: call it from asyncio code, for example through
             ``trio_asyncio.aio_as_trio(..., loop=backend.loop)``).
         loop: The trio-asyncio loop the connection lives on.
+        created (str): When the bucket's stream was created, as the server says:
+            the identity of the store. A bucket deleted and created again, or lost
+            with a server's memory storage, is another store (see
+            :meth:`guard_identity`).
+        new_store_grace (bool): Whether the first lease on a new bucket waits out
+            one ttl (see :func:`open_nats_backend`).
     """
 
     def __init__(self, *, loop: Any, nc: Any, bucket: str, max_age: float,
-                 address: str, link: _Link | None = None) -> None:
+                 address: str, link: _Link | None = None,
+                 provision: Callable[[], Awaitable[tuple[float, str, float]]] | None = None,
+                 new_store_grace: bool = True) -> None:
         self.loop = loop
         self.connection = nc
         self.bucket = bucket
         self.max_age = max_age
+        self.created = ""
+        self.new_store_grace = new_store_grace
+        # When the store was made, on our clock (from its age by the server's).
+        self._born = -math.inf
+        self._provision = provision
+        self._check_now = trio.Event()
         self._address = address
         self._link = link if link is not None else _Link()
         self._js = nc.jetstream(timeout=REQUEST_TIMEOUT)
@@ -223,6 +163,7 @@ class NatsBackend(Backend):
             result: T = await _aio.call(self.loop, fn, *args, **kwargs)
         except nats.js.errors.NotFoundError as exc:
             if exc.err_code == _STREAM_NOT_FOUND:
+                self._check_now.set()  # re-create it, as a new store
                 raise BackendUnavailable(
                     f"{what}: bucket {self.bucket!r} not found at {self._address} "
                     "(was it deleted?)") from exc
@@ -234,6 +175,56 @@ class NatsBackend(Backend):
             # the asyncio side (the loop shutting down under us).
             raise BackendUnavailable(f"{what}: the asyncio loop cancelled the call") from exc
         return result
+
+    # -- identity ----------------------------------------------------------------
+
+    async def guard_identity(self) -> None:
+        """Runs beside the backend: notice a bucket that is not the one we opened.
+
+        Every :data:`IDENTITY_INTERVAL` seconds (so within a second of a
+        reconnect), and at once when a call finds the bucket gone, the stream's
+        creation time is checked. A missing bucket is created again with the
+        settings it was opened with; a bucket created anew (by us, an operator, or a
+        restarted server that kept it in memory) is a new store: what this backend
+        knew of the old one is forgotten and open watches break (they resume with
+        the new store's state), so that nothing is ever taken for a lease of the old
+        store. Leases of the old store are lost: their renewals find no such
+        revision, and their holders step down by their deadlines.
+        """
+        if self._provision is None:
+            return
+        while not self._closed:
+            with trio.move_on_after(IDENTITY_INTERVAL):
+                await self._check_now.wait()
+            self._check_now = trio.Event()
+            try:
+                await self.check_identity()
+            except BackendUnavailable as exc:
+                logger.debug("checking bucket %r at %s: %s", self.bucket, self._address, exc)
+
+    async def check_identity(self) -> bool:
+        """Check the bucket now (creating it if it is missing); True if it was replaced."""
+        assert self._provision is not None
+        before = self.created
+        if not self.learn(*await self._call(f"check bucket {self.bucket!r}",
+                                            self._provision)):
+            return False
+        self._values.clear()
+        self._absent.clear()
+        self._link.disconnects += 1  # open watches saw the old store: break them
+        logger.warning("NATS KV bucket %r at %s is a new store (created %s; the one opened "
+                       "was created %s): leases of the old one are gone",
+                       self.bucket, self._address, self.created, before)
+        return True
+
+    def learn(self, max_age: float, created: str, age: float) -> bool:
+        """Take in the bucket's settings and identity; True if the identity changed."""
+        self.max_age = max_age
+        if created == self.created:
+            return False
+        self.created = created
+        self._born = trio.current_time() - age
+        return True
 
     def _remember(self, key: str, revision: int) -> None:
         self._values[(key, revision)] = None
@@ -380,6 +371,14 @@ class NatsBackend(Backend):
     async def create(self, key: str, value: bytes, *, ttl: float) -> int:
         check_key(key)
         self.check_ttl(ttl)
+        young = self._born + ttl - trio.current_time()
+        if self.new_store_grace and young > 0:
+            # A leader of the store this one replaced may still be in its term: its
+            # deadline lies less than a ttl after its last renewal, which came
+            # before this store existed.
+            raise BackendUnavailable(
+                f"create {key!r}: bucket {self.bucket!r} at {self._address} is a new "
+                f"store; the first lease waits out one ttl ({young:.3g} s more)")
         revision = await self._call(f"create {key!r}", self._aio_create, key, bytes(value),
                                     ttl)
         self._remember(key, revision)
@@ -474,7 +473,7 @@ class NatsBackend(Backend):
     async def _watch(self, key: str) -> AsyncIterator[AsyncIterator[Entry | None]]:
         watcher = await self._call(f"watch {key!r}", self._kv.watch, key,
                                    inactive_threshold=WATCH_INACTIVE_THRESHOLD)
-        updates = _Updates(self, key, watcher)
+        updates = Updates(self, key, watcher)
         try:
             yield updates
         finally:
@@ -495,98 +494,3 @@ class NatsBackend(Backend):
         if scope.cancelled_caught:
             logger.warning("closing the NATS connection to %s took longer than %g s",
                            self._address, REQUEST_TIMEOUT)
-
-
-class _Updates:
-    """The async iterator of :meth:`NatsBackend.watch`.
-
-    Each item is fetched by one bridged call, so no trio cancel scope or nursery
-    stays open between items: the iterator may be driven from async generators and
-    from different tasks, and a cancelled ``__anext__`` loses nothing (the
-    asyncio-side read of the watcher's queue survives it and is reused).
-    """
-
-    def __init__(self, backend: NatsBackend, key: str, watcher: Any) -> None:
-        self._backend = backend
-        self._key = key
-        self._watcher = watcher
-        self._getter: asyncio.Task[Any] | None = None
-        self._yielded = False
-        self._last: int | None = None  # revision of the last Entry yielded, None for None
-        self._closed = False
-        self._disconnects = backend._link.disconnects
-
-    def __aiter__(self) -> _Updates:
-        return self
-
-    async def _aio_next(self) -> Any:
-        while True:
-            if self._backend._link.disconnects != self._disconnects:
-                # The ordered consumer may take 10 s or more to resume, and may miss what
-                # expired meanwhile: break the watch; the caller watches afresh.
-                raise BackendUnavailable(
-                    f"watch of {self._key!r} broke: the connection to NATS at "
-                    f"{self._backend._address} was lost")
-            if self._getter is None:
-                self._getter = asyncio.ensure_future(self._watcher._updates.get())
-            # asyncio.wait (unlike wait_for) never cancels the getter: an item that
-            # arrives while we are being cancelled stays for the next call.
-            done, _ = await asyncio.wait({self._getter}, timeout=WATCH_LIVENESS_INTERVAL)
-            if done:
-                getter, self._getter = self._getter, None
-                return getter.result()
-
-    async def __anext__(self) -> Entry | None:
-        if self._closed:
-            raise StopAsyncIteration
-        while True:
-            update = await self._backend._call(f"watch {self._key!r}", self._aio_next)
-            if isinstance(update, nats.js.kv.StopIterSentinel):
-                raise StopAsyncIteration
-            if update is None:
-                # nats-py's "initial state delivered" sentinel: the key had no message.
-                if self._yielded:
-                    continue
-                state: Entry | None = None
-            elif update.operation in ("DEL", "PURGE"):  # also expiry markers
-                state = None
-                self._backend._vacated(self._key, update.revision)
-            else:
-                state = Entry(self._key, bytes(update.value or b""), update.revision)
-            revision = None if state is None else state.revision
-            if self._yielded and revision == self._last:
-                # A second marker (say a purge after the expiry marker) is no change.
-                continue
-            if state is not None:
-                self._backend._remember(self._key, state.revision)
-            self._yielded = True
-            self._last = revision
-            return state
-
-    async def aclose(self) -> None:
-        """Stop the watcher (unsubscribe); idempotent, shielded and bounded."""
-        if self._closed:
-            return
-        self._closed = True
-        getter, self._getter = self._getter, None
-        if getter is not None:
-            getter.cancel()
-        if self._backend._closed:
-            return
-        with trio.move_on_after(REQUEST_TIMEOUT, shield=True):
-            try:
-                await _aio.call(self._backend.loop, self._aio_stop)
-            except (*_TRANSIENT, asyncio.CancelledError) as exc:
-                logger.debug("stopping a watcher of %s: %s", self._key, exc)
-
-    async def _aio_stop(self) -> None:
-        await self._watcher.stop()
-        # Every campaign that waits opens a watch. Left to the server, a closed
-        # watch's consumer lingers for WATCH_INACTIVE_THRESHOLD, and a stream takes
-        # at most 1,000 consumers by default (nats-server 2.15): many candidates
-        # churning would run out. Delete it now; the threshold is the backstop.
-        sub = getattr(self._watcher, "_sub", None)
-        stream, consumer = getattr(sub, "_stream", None), getattr(sub, "_consumer", None)
-        if stream and consumer:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await self._backend._js.delete_consumer(stream, consumer)

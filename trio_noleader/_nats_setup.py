@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import functools
+import itertools
 import logging
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -18,21 +22,13 @@ from typing import Any
 import nats.aio.client
 import nats.errors
 import nats.js.errors
-from nats.js import api
 
 from . import _aio
-from ._context import backend_scope
+from ._context import backend_scope, services_for
 from ._exceptions import BackendUnavailable
-from ._nats import (
-    _TRANSIENT,
-    MARKER_TTL,
-    REQUEST_TIMEOUT,
-    NatsBackend,
-    _describe,
-    _js_api,
-    _Link,
-)
-from ._types import type_error
+from ._nats import NatsBackend
+from ._nats_base import _TRANSIENT, MARKER_TTL, REQUEST_TIMEOUT, _describe, _js_api, _Link
+from ._types import check_type, type_error
 from ._unwrap import bare_exceptions
 from ._urls import DEFAULT_BUCKET, check_bucket_name, redact_url
 
@@ -181,8 +177,8 @@ async def _aio_connect(servers: str | list[str], address: str, secrets: Sequence
 
 
 async def _aio_setup(nc: Any, address: str, bucket: str, replicas: int,
-                     storage: str) -> float:
-    """Check the server and the bucket (asyncio side); return the bucket's max age."""
+                     storage: str) -> tuple[float, str, float]:
+    """Check the server and the bucket (asyncio side); see :func:`_aio_provision`."""
     version = _server_version(nc)
     parsed = _version_tuple(version)
     if parsed is None or parsed < MIN_SERVER_VERSION:
@@ -199,23 +195,97 @@ async def _aio_setup(nc: Any, address: str, bucket: str, replicas: int,
         raise BackendUnavailable(
             f"NATS at {address} has no JetStream for this account ({_describe(exc)}): "
             "start nats-server with -js (or enable JetStream for the account)") from exc
+    return await _aio_provision(nc, address, bucket, replicas, storage)
+
+
+def first_sequence() -> int:
+    """The first stream sequence (so the first revision) of a bucket created now.
+
+    The wall clock in microseconds: a bucket created later, after the old one was
+    deleted or lost (a server restart with memory storage, a wiped store), starts
+    above every revision the old one handed out, so fencing tokens keep growing as
+    long as the wall clock does not step back and the old bucket took fewer than a
+    million writes a second. Far below 2**63, as databases that store a token as a
+    signed 64-bit integer need.
+    """
+    return time.time_ns() // 1000
+
+
+async def _aio_create_bucket(nc: Any, bucket: str, replicas: int,
+                             storage: str) -> dict[str, Any]:
+    """Create the lease bucket's stream (asyncio side); return the stream's info.
+
+    The stream of a KV bucket as nats-py's ``create_key_value`` makes it (history
+    1, per-message TTLs, expiry markers), created here so that its first sequence
+    can be set (:func:`first_sequence`).
+    """
+    config = {
+        "name": f"KV_{bucket}",
+        "description": "trio-noleader leases",
+        "subjects": [f"$KV.{bucket}.>"],
+        "retention": "limits",
+        "max_consumers": -1,
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": 0,
+        "max_msgs_per_subject": 1,
+        "max_msg_size": -1,
+        "discard": "new",
+        "storage": storage,
+        "num_replicas": replicas,
+        "duplicate_window": 120 * 1_000_000_000,
+        "allow_direct": True,
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "allow_msg_ttl": True,
+        "subject_delete_marker_ttl": int(MARKER_TTL * 1_000_000_000),
+        "first_seq": first_sequence(),
+    }
+    info: dict[str, Any] = await _js_api(nc, f"STREAM.CREATE.KV_{bucket}", config)
+    return info
+
+
+async def _aio_provision(nc: Any, address: str, bucket: str, replicas: int,
+                         storage: str) -> tuple[float, str, float]:
+    """Make sure the bucket exists and fits (asyncio side).
+
+    Returns:
+        tuple: ``(max_age, created, age)``: the bucket's max age in seconds (0 for
+        none), its stream's creation time (the store's identity), and its age in
+        seconds by the server's clock.
+    """
     stream = f"KV_{bucket}"
     try:
         info = await _js_api(nc, f"STREAM.INFO.{stream}")
     except nats.js.errors.NotFoundError:
         try:
-            await js.create_key_value(
-                bucket=bucket, history=1, replicas=replicas,
-                storage=api.StorageType(storage), limit_marker_ttl=MARKER_TTL,
-                description="trio-noleader leases")
-            logger.info("created NATS KV bucket %r at %s", bucket, address)
-            return 0.0
+            info = await _aio_create_bucket(nc, bucket, replicas, storage)
+            logger.info("created NATS KV bucket %r at %s (first revision %d)", bucket,
+                        address, info.get("config", {}).get("first_seq", 1))
+            return 0.0, str(info.get("created")), _age(info)
         except nats.js.errors.APIError as exc:
             if exc.err_code != _STREAM_NAME_EXISTS:
                 raise
             # Another process created it first, perhaps with another config: check it.
             info = await _js_api(nc, f"STREAM.INFO.{stream}")
-    return await _aio_adapt_bucket(nc, address, bucket, info["config"])
+    max_age = await _aio_adapt_bucket(nc, address, bucket, info["config"])
+    return max_age, str(info.get("created")), _age(info)
+
+
+def _timestamp(text: str) -> float:
+    """Seconds since the epoch of a JetStream RFC 3339 time (nanoseconds allowed)."""
+    whole, _, rest = text.rstrip("Z").partition(".")
+    digits = "".join(itertools.takewhile(str.isdigit, rest))
+    stamp = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.UTC).timestamp()
+    return stamp + (int(digits) / 10 ** len(digits) if digits else 0.0)
+
+
+def _age(info: dict[str, Any]) -> float:
+    """How old the stream is, by the server's own clock (0 if it does not say)."""
+    try:
+        return max(0.0, _timestamp(info["ts"]) - _timestamp(info["created"]))
+    except (KeyError, ValueError, TypeError):
+        return 0.0
 
 
 async def _aio_adapt_bucket(nc: Any, address: str, bucket: str,
@@ -293,6 +363,7 @@ async def open_nats_backend(
     bucket: str = DEFAULT_BUCKET,
     replicas: int = 1,
     storage: str = "file",
+    new_store_grace: bool = True,
     **connect_options: Any,
 ) -> AsyncIterator[NatsBackend]:
     """Open a NATS JetStream KV bucket as the lease store, and make it the default.
@@ -320,6 +391,12 @@ async def open_nats_backend(
         bucket (str): The KV bucket's name (``[A-Za-z0-9_-]+``).
         replicas (int): Replicas of a bucket created here (1 to 5).
         storage (str): ``"file"`` or ``"memory"``, for a bucket created here.
+        new_store_grace (bool): Refuse the first lease on a bucket younger than
+            the lease's ttl (``BackendUnavailable``, which a campaign rides out),
+            because a leader of the bucket it replaced (deleted, or lost with a
+            server's memory storage) may still be in its term. Turn it off only
+            where a bucket is never replaced, as in tests that make a fresh one
+            each time.
         **connect_options: Passed to ``nats.connect``: ``user``/``password``,
             ``token``, ``user_credentials``, ``nkeys_seed``, ``tls`` (an
             ``ssl.SSLContext``), ``tls_hostname``, callbacks, ... Defaults here:
@@ -340,6 +417,7 @@ async def open_nats_backend(
         raise ValueError(f"replicas={replicas!r}: must be an int from 1 to 5")
     if storage not in ("file", "memory"):
         raise ValueError(f"storage={storage!r}: must be 'file' or 'memory'")
+    check_type("new_store_grace", new_store_grace, bool, "a bool")
     if "servers" in connect_options:
         raise TypeError("pass the servers as the first argument, not servers=")
     address = ", ".join(redact_url(server) for server in server_list)
@@ -353,15 +431,20 @@ async def open_nats_backend(
             nc = await _aio.call(loop, _aio_connect, connect_to, address, secrets,
                                  dict(connect_options), link)
             backend = NatsBackend(loop=loop, nc=nc, bucket=bucket, max_age=0.0,
+                                  provision=functools.partial(
+                                      _aio_provision, nc, address, bucket, replicas, storage),
+                                  new_store_grace=new_store_grace,
                                   address=address, link=link)
             stack.push_async_callback(backend.aclose)
             try:
-                backend.max_age = await _aio.call(loop, _aio_setup, nc, address, bucket,
-                                                  replicas, storage)
+                backend.learn(*await _aio.call(
+                    loop, _aio_setup, nc, address, bucket, replicas, storage))
             except (*_TRANSIENT, asyncio.CancelledError) as exc:
                 raise BackendUnavailable(
                     f"setting up bucket {bucket!r} at {address}: "
                     f"{_scrub(_describe(exc), secrets)}") from exc
             logger.debug("opened %r", backend)
             async with backend_scope(backend):
+                services_for(backend).start(backend.guard_identity,
+                                            name=f"trio_noleader bucket {bucket}")
                 yield backend

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ._memory import MemoryBackend
-from ._urls import parse_nats_url, path_from_url, scheme_of
+from ._urls import parse_nats_url, parse_sqlite_url, scheme_of
 from .abc import Backend
 
 __all__ = ["open_backend"]
@@ -36,10 +36,10 @@ async def open_backend(url: str) -> AsyncIterator[Backend]:
         async with MemoryBackend() as backend:
             yield backend
     elif kind == "sqlite":
-        path = path_from_url(url)
+        path, sqlite_options = parse_sqlite_url(url)
         from ._sqlite import open_sqlite_backend
 
-        async with open_sqlite_backend(path) as backend:
+        async with open_sqlite_backend(path, **sqlite_options) as backend:
             yield backend
     else:
         servers, bucket, options = parse_nats_url(url)

@@ -8,10 +8,13 @@ SQLite's write lock serialises them across threads and processes.
 Layout (``PRAGMA user_version = 1``)::
 
     noleader_counter(id = 1, revision)      -- the one revision counter of the file
+    noleader_store(id = 1, created)         -- when the file was made a store
     noleader_lease(key, value, revision, term, expires_at)
 
 ``revision`` comes from the counter, bumped inside the writing transaction, so
-revisions strictly increase across keys and across processes. ``expires_at`` is
+revisions strictly increase across keys and across processes; a new file's counter
+starts at the wall clock in microseconds, above any file it replaces. A delete
+leaves the row dead (``expires_at = 0``) with the delete's revision. ``expires_at`` is
 :func:`time.time` at the moment the write was applied plus the ttl: one host, one
 clock. A row whose ``expires_at`` has passed counts as absent everywhere, whether
 or not it has been removed yet. ``term`` is the revision of the ``create`` that
@@ -44,14 +47,24 @@ import sqlite3
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from typing import TypeVar
 
 import trio
 
 from ._context import backend_scope
 from ._exceptions import BackendUnavailable, KeyExists, NoLeaderError, RevisionMismatch
-from ._types import Entry, check_key, check_seconds, type_error
+from ._sqlite_file import (
+    Row,
+    bump,
+    created_of,
+    identity_of,
+    is_busy,
+    live_keys,
+    live_row,
+    prepare_patiently,
+    read_row,
+)
+from ._types import Entry, check_key, check_seconds, check_type, type_error
 from ._unwrap import bare_exceptions
 from .abc import Backend, Update
 
@@ -69,43 +82,6 @@ DEFAULT_BUSY_TIMEOUT = 5.0
 #: caller was cancelled notices between two slices and stops knocking.
 BUSY_SLICE = 0.1
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS noleader_counter (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    revision INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO noleader_counter (id, revision) VALUES (1, 0);
-CREATE TABLE IF NOT EXISTS noleader_lease (
-    key TEXT PRIMARY KEY,
-    value BLOB NOT NULL,
-    revision INTEGER NOT NULL,
-    term INTEGER NOT NULL,
-    expires_at REAL NOT NULL
-);
-"""
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    """True if *exc* means another connection holds the lock."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
-@dataclass(frozen=True, slots=True)
-class _Row:
-    """The row of a key as one read saw it, live or not."""
-
-    #: The live entry, or None if the row has expired or was deleted.
-    entry: Entry | None
-    revision: int
-    term: int
-    #: The entry's expiry, as seconds from the moment of the read (0 if not live).
-    remaining: float
-
-
 class SQLiteBackend(Backend):
     """The backend protocol over one SQLite database file, shared between processes.
 
@@ -115,7 +91,7 @@ class SQLiteBackend(Backend):
     """
 
     def __init__(self, path: str, conn: sqlite3.Connection, *, poll_interval: float,
-                 busy_timeout: float) -> None:
+                 busy_timeout: float, new_store_grace: bool = True) -> None:
         self._path = path
         self._conn = conn
         self._poll_interval = poll_interval
@@ -130,6 +106,10 @@ class SQLiteBackend(Backend):
         self._changed = trio.Event()
         self._watchers = 0
         self._first_watcher = trio.Event()
+        # (device, inode) of the file the connection has open, and when it was made.
+        self._identity: tuple[int, int] | None = None
+        self._created = 0.0
+        self._new_store_grace = new_store_grace
 
     @property
     def path(self) -> str:
@@ -149,7 +129,8 @@ class SQLiteBackend(Backend):
     # -- opening and closing -------------------------------------------------------
 
     @classmethod
-    def _connect(cls, path: str, poll_interval: float, busy_timeout: float) -> SQLiteBackend:
+    def _connect(cls, path: str, poll_interval: float, busy_timeout: float,
+                 new_store_grace: bool = True) -> SQLiteBackend:
         """Open (creating if needed) the database in the calling worker thread."""
         # Absolute now: a later chdir must not move the store under us.
         path = os.path.abspath(path)
@@ -165,7 +146,7 @@ class SQLiteBackend(Backend):
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"cannot open SQLite database {path!r}: {exc}") from exc
         try:
-            cls._prepare(conn, path)
+            prepare_patiently(conn, path, busy_timeout)
             slice_ms = round(min(busy_timeout, BUSY_SLICE) * 1000)
             conn.execute(f"PRAGMA busy_timeout = {slice_ms}")
         except BaseException as exc:
@@ -174,36 +155,40 @@ class SQLiteBackend(Backend):
                 raise BackendUnavailable(
                     f"cannot open SQLite database {path!r}: {exc}") from exc
             raise
-        return cls(path, conn, poll_interval=poll_interval, busy_timeout=busy_timeout)
+        backend = cls(path, conn, poll_interval=poll_interval, busy_timeout=busy_timeout,
+                      new_store_grace=new_store_grace)
+        backend._identity = identity_of(path)
+        backend._created = created_of(conn)
+        return backend
 
-    @staticmethod
-    def _prepare(conn: sqlite3.Connection, path: str) -> None:
-        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        if str(mode).lower() != "wal":
-            raise BackendUnavailable(
-                f"cannot open SQLite database {path!r}: it refused WAL mode (journal "
-                f"mode {mode!r}); WAL needs a local file system")
-        # FULL syncs every commit: after a power loss the counter must not go back,
-        # or a fencing token already handed out could be handed out again.
-        conn.execute("PRAGMA synchronous = FULL")
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version == SCHEMA_VERSION:
+    def _check_identity(self) -> None:
+        """Before trusting the connection: does the path still name the file it has open?
+
+        A file deleted (or replaced) under a running backend would otherwise keep
+        taking writes on the old inode while other processes elect on the new
+        file: two leaders. A replaced store is an outage, never the same store: the
+        call fails, and the connection is reopened on whatever the path names now.
+        """
+        if identity_of(self._path) == self._identity:
             return
-        if version != 0:
-            raise BackendUnavailable(
-                f"cannot open SQLite database {path!r}: its user_version is {version}, "
-                f"not {SCHEMA_VERSION}; is it another program's database?")
-        conn.execute("BEGIN IMMEDIATE")
+        old = self._conn
         try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            fresh = self._connect(self._path, self._poll_interval, self._busy_timeout,
+                                  self._new_store_grace)
+        except BackendUnavailable as exc:
+            raise BackendUnavailable(
+                f"SQLite database {self._path!r} was deleted or replaced under this "
+                f"backend, and reopening it failed: {exc}") from exc
+        self._conn, fresh._conn = fresh._conn, old
+        self._identity = fresh._identity
+        self._created = fresh._created
+        old.close()
+        self._local_commits += 1  # the poller then wakes the watchers: a new store
+        logger.warning("SQLite database %s was deleted or replaced; reopened it as a new "
+                       "store (leases of the old file are gone)", self._path)
+        raise BackendUnavailable(
+            f"SQLite database {self._path!r} was deleted or replaced under this backend "
+            "(reopened it as a new store)")
 
     async def aclose(self) -> None:
         """Close the connection, once every call already under way has finished.
@@ -248,7 +233,7 @@ class SQLiteBackend(Backend):
                     or type(exc) is sqlite3.DatabaseError):
                 raise
             hint = ""
-            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+            if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
                 hint = f" (after waiting {self._busy_timeout:g} s for the write lock)"
             raise BackendUnavailable(
                 f"SQLite database {self._path!r}: {exc}{hint}") from exc
@@ -266,10 +251,11 @@ class SQLiteBackend(Backend):
         while True:
             if self._conn_closed:
                 raise trio.ClosedResourceError(f"{self!r} is closed")
+            self._check_identity()
             try:
                 return fn(self._conn)
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
+                if not is_busy(exc) or time.monotonic() >= deadline:
                     raise
             # A cancelled caller has abandoned this thread: stop here, unapplied, and
             # free the connection, rather than land the write seconds later.
@@ -293,23 +279,6 @@ class SQLiteBackend(Backend):
         self._local_commits += 1
 
     @staticmethod
-    def _bump(conn: sqlite3.Connection) -> int:
-        conn.execute("UPDATE noleader_counter SET revision = revision + 1 WHERE id = 1")
-        (revision,) = conn.execute(
-            "SELECT revision FROM noleader_counter WHERE id = 1").fetchone()
-        return int(revision)
-
-    @staticmethod
-    def _live(conn: sqlite3.Connection, key: str, now: float) -> tuple[int, int] | None:
-        """``(revision, term)`` of the live row under *key*, or None."""
-        row = conn.execute(
-            "SELECT revision, term, expires_at FROM noleader_lease WHERE key = ?",
-            (key,)).fetchone()
-        if row is None or not row[2] > now:
-            return None
-        return int(row[0]), int(row[1])
-
-    @staticmethod
     def _mismatch(key: str, revision: int, live: tuple[int, int] | None) -> RevisionMismatch:
         found = "nothing" if live is None else live[0]
         return RevisionMismatch(f"{key}: expected revision {revision}, found {found}")
@@ -319,9 +288,17 @@ class SQLiteBackend(Backend):
     def _create_sync(self, key: str, value: bytes, ttl: float,
                      conn: sqlite3.Connection) -> int:
         with self._transaction(conn) as now:
-            if self._live(conn, key, now) is not None:
+            young = self._created + ttl - now
+            if self._new_store_grace and young > 0:
+                # A leader of the file this one replaced may still be in its term:
+                # its deadline lies less than a ttl after its last renewal, which
+                # came before this file existed.
+                raise BackendUnavailable(
+                    f"SQLite database {self._path!r} is a new store; the first lease "
+                    f"waits out one ttl ({young:.3g} s more)")
+            if live_row(conn, key, now) is not None:
                 raise KeyExists(key)
-            revision = self._bump(conn)
+            revision = bump(conn)
             conn.execute(
                 "INSERT OR REPLACE INTO noleader_lease (key, value, revision, term, expires_at)"
                 " VALUES (?, ?, ?, ?, ?)", (key, value, revision, revision, now + ttl))
@@ -335,10 +312,10 @@ class SQLiteBackend(Backend):
     def _cas_in(self, conn: sqlite3.Connection, now: float, key: str, value: bytes,
                 revision: int, ttl: float) -> int:
         """One compare-and-set update inside the caller's transaction."""
-        live = self._live(conn, key, now)
+        live = live_row(conn, key, now)
         if live is None or live[0] != revision:
             raise self._mismatch(key, revision, live)
-        new_revision = self._bump(conn)
+        new_revision = bump(conn)
         conn.execute(
             "UPDATE noleader_lease SET value = ?, revision = ?, expires_at = ?"
             " WHERE key = ?", (value, new_revision, now + ttl, key))
@@ -357,38 +334,16 @@ class SQLiteBackend(Backend):
 
     def _delete_sync(self, key: str, revision: int, conn: sqlite3.Connection) -> None:
         with self._transaction(conn) as now:
-            live = self._live(conn, key, now)
+            live = live_row(conn, key, now)
             if live is None or live[0] != revision:
                 raise self._mismatch(key, revision, live)
             # A delete is a write like the others: it takes a revision of its own,
             # kept in the dead row, so that a watcher can tell that a whole term
             # came and went between two of its looks.
-            new_revision = self._bump(conn)
+            new_revision = bump(conn)
             conn.execute(
                 "UPDATE noleader_lease SET value = x'', revision = ?, expires_at = 0"
                 " WHERE key = ?", (new_revision, key))
-
-    @staticmethod
-    def _read_sync(key: str, conn: sqlite3.Connection) -> _Row | None:
-        """The key's row, live or not (None if it never had one)."""
-        row = conn.execute(
-            "SELECT CAST(value AS BLOB), revision, term, expires_at"
-            " FROM noleader_lease WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        now = time.time()
-        remaining = float(row[3]) - now
-        if not remaining > 0:
-            return _Row(None, int(row[1]), int(row[2]), 0.0)
-        value = b"" if row[0] is None else bytes(row[0])
-        return _Row(Entry(key, value, int(row[1]), remaining), int(row[1]), int(row[2]),
-                    remaining)
-
-    @staticmethod
-    def _keys_sync(conn: sqlite3.Connection) -> list[str]:
-        rows = conn.execute(
-            "SELECT key FROM noleader_lease WHERE expires_at > ?", (time.time(),)).fetchall()
-        return sorted(str(row[0]) for row in rows)
 
     def _version_sync(self, conn: sqlite3.Connection) -> tuple[int, int]:
         (version,) = conn.execute("PRAGMA data_version").fetchone()
@@ -436,7 +391,7 @@ class SQLiteBackend(Backend):
     async def get(self, key: str) -> Entry | None:
         """Return the live entry under *key* (with ``expires_in``), or ``None``."""
         check_key(key)
-        row = await self._run(functools.partial(self._read_sync, key))
+        row = await self._run(functools.partial(read_row, key))
         return None if row is None else row.entry
 
     async def delete(self, key: str, *, revision: int) -> None:
@@ -451,7 +406,7 @@ class SQLiteBackend(Backend):
 
     async def keys(self) -> list[str]:
         """Return the keys that hold a live entry, sorted."""
-        return await self._run(self._keys_sync)
+        return await self._run(live_keys)
 
     def watch(self, key: str) -> AbstractAsyncContextManager[AsyncIterator[Entry | None]]:
         """Watch *key*: the current state first, then every change, expiry included.
@@ -479,12 +434,12 @@ class SQLiteBackend(Backend):
             self._watchers -= 1
 
     async def _iterate(self, key: str) -> AsyncGenerator[Entry | None, None]:
-        last: _Row | None = None
+        last: Row | None = None
         first = True
         while True:
             # Taken before the read: a change committed after the read sets this event.
             changed = self._changed
-            row = await self._run(functools.partial(self._read_sync, key))
+            row = await self._run(functools.partial(read_row, key))
             read_at = trio.current_time()
             entry = None if row is None else row.entry
             was = None if last is None else last.entry
@@ -538,6 +493,7 @@ async def open_sqlite_backend(
     *,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    new_store_grace: bool = True,
 ) -> AsyncIterator[SQLiteBackend]:
     """Open the SQLite lease store at *path* and make it the default backend for the block.
 
@@ -561,6 +517,11 @@ async def open_sqlite_backend(
             are seen at once).
         busy_timeout (float): Seconds a write waits for another process's write
             lock before it fails with :class:`BackendUnavailable`.
+        new_store_grace (bool): Refuse the first lease on a file younger than the
+            lease's ttl (``BackendUnavailable``, which a campaign rides out),
+            because a leader of the file it replaced (deleted, or moved away) may
+            still be in its term. Turn it off only where a file is never replaced,
+            as in tests that make a fresh one each time.
 
     Raises:
         BackendUnavailable: if the file cannot be opened or used as a lease store
@@ -578,8 +539,9 @@ async def open_sqlite_backend(
             "':memory:' (for an in-process store use MemoryBackend or memory://)")
     poll_interval = check_seconds("poll_interval", poll_interval)
     busy_timeout = check_seconds("busy_timeout", busy_timeout, allow_zero=True)
+    check_type("new_store_grace", new_store_grace, bool, "a bool")
     backend = await trio.to_thread.run_sync(
-        SQLiteBackend._connect, raw, poll_interval, busy_timeout)
+        SQLiteBackend._connect, raw, poll_interval, busy_timeout, new_store_grace)
     logger.debug("opened SQLite backend %s", backend.path)
     try:
         with bare_exceptions():

@@ -8,6 +8,7 @@ the extra is not installed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -18,6 +19,7 @@ __all__ = [
     "SCHEMES",
     "check_bucket_name",
     "parse_nats_url",
+    "parse_sqlite_url",
     "path_from_url",
     "redact_url",
     "scheme_of",
@@ -83,18 +85,23 @@ _URL_FORMS = "sqlite:///absolute/path.db, sqlite://relative/path.db or sqlite:re
 
 
 def path_from_url(url: str) -> str:
-    """Return the file path that a ``sqlite:`` URL names.
+    """Return the file path that a ``sqlite:`` URL names (see :func:`parse_sqlite_url`)."""
+    return parse_sqlite_url(url)[0]
+
+
+def parse_sqlite_url(url: str) -> tuple[str, dict[str, Any]]:
+    """Split a ``sqlite:`` URL into the file path and options for ``open_sqlite_backend``.
 
     ``sqlite:///abs/path.db`` gives ``/abs/path.db``; ``sqlite://rel.db`` and
     ``sqlite:rel.db`` give the relative path ``rel.db`` (relative to the working
     directory when the backend opens). Percent-escapes are decoded; ``~`` is not
-    expanded.
+    expanded. The one query parameter is ``new_store_grace`` (``on``/``off``).
 
     Raises:
         TypeError: if *url* is not a str.
         ValueError: if *url* is not a ``sqlite:`` URL naming a file: another scheme,
-            no path, a path ending in ``/``, a user or password, a query string or a
-            fragment.
+            no path, a path ending in ``/``, a user or password, an unknown query
+            parameter or a fragment.
     """
     if not isinstance(url, str):
         raise type_error("url", url, "a str")
@@ -108,10 +115,17 @@ def path_from_url(url: str) -> str:
         raise malformed(str(exc)) from None
     if parts.scheme.lower() != "sqlite":
         raise malformed("the scheme must be sqlite")
-    if parts.query or parts.fragment or url.endswith(("?", "#")):
-        raise malformed("query strings and fragments are not supported")
+    if parts.fragment or url.endswith("#"):
+        raise malformed("fragments are not supported")
     if "@" in parts.netloc:
         raise malformed("SQLite takes a file path, not a user, password or host")
+    options: dict[str, Any] = {}
+    if url.endswith("?") and not parts.query:
+        raise malformed("an empty query string")
+    for name, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+        if name != "new_store_grace":
+            raise malformed(f"unknown parameter {name!r} (known: new_store_grace)")
+        options[name] = _flag(name, value, malformed)
     # With "//", urlsplit puts the first path segment of a relative path in netloc.
     path = unquote(parts.netloc + parts.path)
     if not path:
@@ -120,7 +134,17 @@ def path_from_url(url: str) -> str:
         raise malformed(f"the path {path!r} names a directory, not a database file")
     if "\x00" in path:
         raise malformed("the path contains a NUL character")
-    return path
+    return path, options
+
+
+def _flag(name: str, value: str, error: Callable[[str], ValueError]) -> bool:
+    """A boolean URL parameter: on/off, true/false, yes/no, 1/0."""
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise error(f"{name}={value!r} is none of on, off, true, false, yes, no, 1, 0")
 
 
 
@@ -202,7 +226,10 @@ def parse_nats_url(url: str) -> tuple[list[str], str, dict[str, Any]]:
                 raise ValueError(f"NATS URL {shown!r}: replicas={value!r} is no int") from None
         elif name == "storage":
             options["storage"] = value
+        elif name == "new_store_grace":
+            options[name] = _flag(name, value, lambda why: ValueError(f"NATS URL {shown!r}: {why}"))
         else:
             raise ValueError(
-                f"NATS URL {shown!r}: unknown parameter {name!r} (known: replicas, storage)")
+                f"NATS URL {shown!r}: unknown parameter {name!r} "
+                "(known: replicas, storage, new_store_grace)")
     return servers, bucket, options
