@@ -26,7 +26,7 @@ PACKAGE = Path(trio_noleader.__file__).resolve().parent
 LAYERS: list[set[str]] = [
     {"_version", "_exceptions", "_types", "_util", "_unwrap", "_urls"},
     {"abc"},
-    {"_release", "_context"},
+    {"_release", "_context", "_reentry"},
     {"_aio", "_memory", "_sqlite", "_nats", "_nats_setup", "_open"},
     {"_election"},
     {"_helpers"},
