@@ -21,7 +21,7 @@ import nats.js.errors
 from nats.js import api
 
 from . import _aio
-from ._context import backend_scope
+from ._context import backend_scope, require_trio
 from ._exceptions import BackendUnavailable
 from ._nats import (
     _TRANSIENT,
@@ -34,7 +34,7 @@ from ._nats import (
 )
 from ._types import type_error
 from ._unwrap import bare_exceptions
-from ._urls import DEFAULT_BUCKET, check_bucket_name, redact_url
+from ._urls import DEFAULT_BUCKET, Default, check_bucket_name, merge_server_settings, redact_url
 
 __all__ = ["open_nats_backend"]
 
@@ -181,7 +181,7 @@ async def _aio_connect(servers: str | list[str], address: str, secrets: Sequence
 
 
 async def _aio_setup(nc: Any, address: str, bucket: str, replicas: int,
-                     storage: str) -> float:
+                     storage: str, create: bool = True) -> float:
     """Check the server and the bucket (asyncio side); return the bucket's max age."""
     version = _server_version(nc)
     parsed = _version_tuple(version)
@@ -203,6 +203,10 @@ async def _aio_setup(nc: Any, address: str, bucket: str, replicas: int,
     try:
         info = await _js_api(nc, f"STREAM.INFO.{stream}")
     except nats.js.errors.NotFoundError:
+        if not create:
+            raise BackendUnavailable(
+                f"no bucket {bucket!r} at {address} (a typo? nothing has run there yet?)"
+            ) from None
         try:
             await js.create_key_value(
                 bucket=bucket, history=1, replicas=replicas,
@@ -290,9 +294,10 @@ def _secrets(servers: Sequence[str], options: Mapping[str, Any]) -> list[str]:
 async def open_nats_backend(
     servers: str | Sequence[str] = "nats://127.0.0.1:4222",
     *,
-    bucket: str = DEFAULT_BUCKET,
+    bucket: str = Default(DEFAULT_BUCKET),
     replicas: int = 1,
     storage: str = "file",
+    create: bool = True,
     **connect_options: Any,
 ) -> AsyncIterator[NatsBackend]:
     """Open a NATS JetStream KV bucket as the lease store, and make it the default.
@@ -317,9 +322,19 @@ async def open_nats_backend(
     Args:
         servers (str | Sequence[str]): One or more server URLs (``nats://`` or
             ``tls://``, credentials in the URL allowed), comma-separated or a list.
-        bucket (str): The KV bucket's name (``[A-Za-z0-9_-]+``).
-        replicas (int): Replicas of a bucket created here (1 to 5).
-        storage (str): ``"file"`` or ``"memory"``, for a bucket created here.
+            A URL may name the bucket as its path and bucket options as its query,
+            as in :func:`open_backend`: ``nats://host:4222/apps?replicas=3``.
+        bucket (str): The KV bucket's name (``[A-Za-z0-9_-]+``); default the one a
+            server URL names, else ``noleader``. A bucket given here and one in a
+            server URL must be the same (``ValueError`` naming both otherwise: two
+            spellings must never mean two elections).
+        replicas (int): Replicas of a bucket created here (1 to 5); a server URL's
+            ``?replicas=`` replaces the default 1.
+        storage (str): ``"file"`` or ``"memory"``, for a bucket created here; a
+            server URL's ``?storage=`` replaces the default.
+        create (bool): Create the bucket if it does not exist (the default). With
+            ``False`` a missing bucket is a :class:`BackendUnavailable`: for tools
+            that only look, where a typo must not create a bucket.
         **connect_options: Passed to ``nats.connect``: ``user``/``password``,
             ``token``, ``user_credentials``, ``nkeys_seed``, ``tls`` (an
             ``ssl.SSLContext``), ``tls_hostname``, callbacks, ... Defaults here:
@@ -336,6 +351,15 @@ async def open_nats_backend(
     """
     server_list = _server_list(servers)
     check_bucket_name(bucket)
+    server_list, settings = merge_server_settings(server_list, {
+        "bucket": bucket,
+        "replicas": None if replicas == 1 and not isinstance(replicas, bool) else replicas,
+        "storage": None if storage == "file" else storage})
+    bucket = str(settings["bucket"])
+    replicas = 1 if settings["replicas"] is None else settings["replicas"]
+    storage = "file" if settings["storage"] is None else settings["storage"]
+    if not isinstance(create, bool):
+        raise type_error("create", create, "a bool")
     if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
         raise ValueError(f"replicas={replicas!r}: must be an int from 1 to 5")
     if storage not in ("file", "memory"):
@@ -345,6 +369,7 @@ async def open_nats_backend(
     address = ", ".join(redact_url(server) for server in server_list)
     secrets = _secrets(server_list, connect_options)
     connect_to: str | list[str] = server_list[0] if len(server_list) == 1 else server_list
+    require_trio("open_nats_backend()")
 
     with bare_exceptions():
         async with AsyncExitStack() as stack:
@@ -357,7 +382,7 @@ async def open_nats_backend(
             stack.push_async_callback(backend.aclose)
             try:
                 backend.max_age = await _aio.call(loop, _aio_setup, nc, address, bucket,
-                                                  replicas, storage)
+                                                  replicas, storage, create)
             except (*_TRANSIENT, asyncio.CancelledError) as exc:
                 raise BackendUnavailable(
                     f"setting up bucket {bucket!r} at {address}: "
