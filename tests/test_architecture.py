@@ -33,6 +33,8 @@ LAYERS: list[set[str]] = [
     {"testing._faults", "testing._fence", "testing._schedule", "testing._trace",
      "testing._strategies", "testing._simulation", "testing._runner", "testing._servers",
      "testing"},
+    {"_supervisor", "_cli_common"},
+    {"_cli_run", "_cli_demo"},
     {"_cli", "__main__"},
     {""},  # the package's __init__
 ]
