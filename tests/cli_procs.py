@@ -54,10 +54,11 @@ class Proc:
             self.lines.append(buffer.decode())
         self._changed.set()
 
-    async def expect(self, pattern: str, limit: float = 20) -> re.Match[str]:
-        """Wait up to *limit* seconds for a line matching *pattern*."""
+    async def expect(self, pattern: str, limit: float = 20, *,
+                     after: int = 0) -> re.Match[str]:
+        """Wait up to *limit* seconds for a line matching *pattern* (from line *after* on)."""
         with trio.fail_after(limit):
-            seen = 0
+            seen = after
             while True:
                 for line in self.lines[seen:]:
                     match = re.search(pattern, line)
