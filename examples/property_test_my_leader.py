@@ -21,7 +21,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import trio
-from hypothesis import find, given, settings
+from hypothesis import find, given
 from hypothesis import strategies as st
 
 from trio_noleader.testing import (
@@ -83,7 +83,7 @@ SCHEDULES = schedules(max_candidates=4, max_faults=6)
 
 
 # simulation_settings: no deadline, too_slow suppressed (a run takes real time).
-@settings(simulation_settings, max_examples=200, database=None)
+@simulation_settings(max_examples=200, database=None)
 @given(SCHEDULES)
 def test_watermark_with_fencing(schedule: Schedule) -> None:
     trace = play(schedule, fenced_body)
@@ -123,8 +123,7 @@ def main() -> int:
         schedules(max_candidates=2, faults=(Pause,), max_faults=2,
                   timing=st.just(Timing(ttl=10.0, renew_interval=3.333, guard=1.0))),
         goes_back,
-        settings=settings(simulation_settings, max_examples=500, database=None,
-                          derandomize=True),
+        settings=simulation_settings(max_examples=500, database=None, derandomize=True),
     )
     print("  Hypothesis found (and shrank) a schedule that moves the watermark back:")
     print("    " + counterexample.describe().replace("\n", "\n    "))

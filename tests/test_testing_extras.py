@@ -30,17 +30,14 @@ OUTAGE = Schedule(Timing(15.0, 5.0, 1.5), (Candidate("hold"), Candidate("hold"))
 
 
 def test_the_settings_have_no_deadline_and_allow_slow_examples() -> None:
-    assert simulation_settings.deadline is None
-    assert HealthCheck.too_slow in simulation_settings.suppress_health_check
-    profile = settings.get_profile(HYPOTHESIS_PROFILE)
-    assert profile.deadline is None
-    assert HealthCheck.too_slow in profile.suppress_health_check
-    # A parent for the user's own settings.
-    mine = settings(simulation_settings, max_examples=3)
+    for ours in (simulation_settings(), settings.get_profile(HYPOTHESIS_PROFILE)):
+        assert ours.deadline is None
+        assert HealthCheck.too_slow in ours.suppress_health_check
+    mine = simulation_settings(max_examples=3)
     assert (mine.deadline, mine.max_examples) == (None, 3)
 
 
-@settings(simulation_settings, max_examples=3, database=None)
+@simulation_settings(max_examples=3, database=None)
 @given(schedules(max_candidates=2, max_faults=1))
 def test_the_settings_work_as_a_decorator(schedule: Schedule) -> None:
     simulate(schedule).check_all()

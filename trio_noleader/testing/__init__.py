@@ -11,7 +11,7 @@ virtual time. See README.rst, "Testing your leader code".
   :class:`Partition`, :class:`Outage`, :class:`Pause`, :class:`Crash`,
   :class:`Restart`, :class:`Lossy`, :class:`Slow`) describes a run; :func:`schedules` and
   :func:`timings` are Hypothesis strategies for them, and
-  :data:`simulation_settings` (profile :data:`HYPOTHESIS_PROFILE`) the settings
+  :func:`simulation_settings` (profile :data:`HYPOTHESIS_PROFILE`) the settings
   for tests that simulate: no deadline, ``too_slow`` suppressed (importing these
   needs ``hypothesis``).
 - :func:`run_schedule` / :func:`simulate` play a schedule in virtual time and

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -48,16 +49,30 @@ FAULT_KINDS: tuple[type[Fault], ...] = (Partition, Outage, Pause, Crash, Lossy, 
 LOSS_PROBABILITIES: tuple[float, ...] = (1.0, 0.5, 0.0, 0.25)
 
 
-#: Hypothesis settings for tests that run simulations: no deadline (a simulated run
-#: takes tens of milliseconds of real time, more on a busy machine, and Hypothesis's
-#: default 200 ms deadline would fail it at random) and the ``too_slow`` health
-#: check suppressed (for the same reason). Use it as a decorator, or as the parent
-#: of your own: ``@settings(simulation_settings, max_examples=500)``.
-simulation_settings = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_SIMULATION_SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-#: The same, as a profile: ``settings.load_profile(HYPOTHESIS_PROFILE)``.
+#: The Hypothesis profile of :func:`simulation_settings`:
+#: ``settings.load_profile(HYPOTHESIS_PROFILE)`` makes them every test's default.
 HYPOTHESIS_PROFILE = "trio_noleader"
-settings.register_profile(HYPOTHESIS_PROFILE, simulation_settings)
+settings.register_profile(HYPOTHESIS_PROFILE, _SIMULATION_SETTINGS)
+
+
+def simulation_settings(**overrides: Any) -> settings:
+    """Hypothesis settings for tests that run simulations, with your *overrides*.
+
+    No deadline (a simulated run takes tens of milliseconds of real time, more on a
+    busy machine, and Hypothesis's default 200 ms deadline would fail it at
+    random) and the ``too_slow`` health check suppressed (for the same reason).
+    Use the result as a decorator::
+
+        @simulation_settings(max_examples=500)
+        @given(schedules())
+        def test_my_leader(schedule): ...
+
+    Args:
+        **overrides: Any other ``hypothesis.settings`` argument.
+    """
+    return settings(_SIMULATION_SETTINGS, **overrides)
 
 
 def _ms(value: int) -> float:
