@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import uuid
 from typing import Any
 
 import nats.js.errors
 import pytest
+import trio
 import trio_asyncio
 from spec_nats import delete_bucket
 
@@ -151,3 +154,13 @@ async def test_create_false_never_creates_a_bucket(nats_url: str, how: str) -> N
                 assert await looking.keys() == []  # an existing bucket opens
         finally:
             await delete_bucket(backend)
+
+
+@pytest.mark.nats
+async def test_noleader_status_never_creates_a_bucket(nats_url: str) -> None:
+    bucket = f"typo_{uuid.uuid4().hex[:12]}"
+    result = await trio.run_process(
+        [sys.executable, "-m", "trio_noleader", "status", "--url", f"{nats_url}/{bucket}"],
+        capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL)
+    assert result.returncode == 122, result.stderr
+    assert f"no bucket '{bucket}'" in result.stderr.decode()
