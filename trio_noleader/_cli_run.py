@@ -290,6 +290,8 @@ async def _supervise(command: Command, lead: Leadership, stop: _Stop, grace: flo
             wake = kill_at
         with trio.move_on_at(wake):
             await changed.wait()
+    if outcome is None and stop.signals:
+        outcome = EXIT_SIGNAL_BASE + stop.signals[0]  # came while leftovers were stopped
     return outcome
 
 
@@ -309,14 +311,28 @@ async def _check_own_key(lead: Leadership, stop: _Stop, every: float) -> None:
     default ttl); a look every *every* seconds shortens that. A look, not a watch:
     a watch on SQLite polls the file 40 times a second, about 3 % of a core for an
     idle ``noleader run`` on a small machine; a look a second costs next to nothing.
+
+    A read may be served by a replica that lags (NATS KV), so only what no lagging
+    replica can show counts: after our lease was seen, a newer term than ours, or
+    no lease at all twice in a row. A stale read costs nothing but a second look.
     """
+    seen_ours = False
+    vacant = 0
+    wait = 0.0  # the first look at once: our lease is there to be seen
     while True:
-        await trio.sleep(every)
+        await trio.sleep(wait)
+        wait = every
         try:
             info = await current_leader(lead.key)
         except BackendUnavailable:
             continue  # the renewals see the store too
-        if info is None or info.candidate_id != lead.candidate_id:
+        if info is not None and info.candidate_id == lead.candidate_id:
+            seen_ours, vacant = True, 0
+            continue
+        if not seen_ours:
+            continue
+        vacant = vacant + 1 if info is None else 0
+        if vacant >= 2 or (info is not None and info.token > lead.token):
             shown = "no lease" if info is None else describe(info)
             stop.lose(f"the store shows {shown} on {lead.key} (reset by an operator?), "
                       "not our lease")
