@@ -145,7 +145,9 @@ async def test_what_the_command_leaves_behind_is_stopped_before_the_release(
                               'sleep 300 & echo "child $!"; exit 3')
     assert code == 3, out
     assert "the command exited, leaving 1 process of its own running" in out
-    pid = int(re.search(r"^child (\d+)$", out, re.M).group(1))  # type: ignore[union-attr]
+    found = re.search(r"child (\d+)", out)
+    assert found, out
+    pid = int(found.group(1))
     with trio.fail_after(1):
         await death_of(pid)  # already gone when noleader exited
 
