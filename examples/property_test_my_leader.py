@@ -17,12 +17,11 @@ Run it: ``python examples/property_test_my_leader.py`` (needs hypothesis; about 
 from __future__ import annotations
 
 import itertools
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 
 import trio
-from hypothesis import HealthCheck, find, given, settings
+from hypothesis import find, given
 from hypothesis import strategies as st
 
 from trio_noleader.testing import (
@@ -33,6 +32,7 @@ from trio_noleader.testing import (
     Trace,
     schedules,
     simulate,
+    simulation_settings,
 )
 
 # -- the code under test: what a user would ship --------------------------------------
@@ -82,8 +82,8 @@ def play(schedule: Schedule, body: Callable[[LeaderContext], Awaitable[object]])
 SCHEDULES = schedules(max_candidates=4, max_faults=6)
 
 
-@settings(max_examples=200, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+# simulation_settings: no deadline, too_slow suppressed (a run takes real time).
+@simulation_settings(max_examples=200, database=None)
 @given(SCHEDULES)
 def test_watermark_with_fencing(schedule: Schedule) -> None:
     trace = play(schedule, fenced_body)
@@ -114,7 +114,6 @@ def goes_back(schedule: Schedule) -> bool:
 
 
 def main() -> int:
-    logging.getLogger("trio_noleader").setLevel(logging.ERROR)
     print("part 1: advance_watermark over 200 generated schedules, with fencing ...")
     test_watermark_with_fencing()
     print("  every property held")
@@ -124,7 +123,7 @@ def main() -> int:
         schedules(max_candidates=2, faults=(Pause,), max_faults=2,
                   timing=st.just(Timing(ttl=10.0, renew_interval=3.333, guard=1.0))),
         goes_back,
-        settings=settings(max_examples=500, deadline=None, database=None, derandomize=True),
+        settings=simulation_settings(max_examples=500, database=None, derandomize=True),
     )
     print("  Hypothesis found (and shrank) a schedule that moves the watermark back:")
     print("    " + counterexample.describe().replace("\n", "\n    "))

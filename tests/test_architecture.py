@@ -26,7 +26,7 @@ PACKAGE = Path(trio_noleader.__file__).resolve().parent
 LAYERS: list[set[str]] = [
     {"_version", "_exceptions", "_types", "_util", "_unwrap", "_urls"},
     {"abc"},
-    {"_release", "_context", "_hub", "_batch"},
+    {"_release", "_context", "_reentry", "_hub", "_batch"},
     {"_aio", "_memory", "_sqlite_file", "_sqlite", "_nats_base", "_nats_watch", "_nats",
      "_nats_setup", "_open"},
     {"_campaign", "_election"},
@@ -34,6 +34,8 @@ LAYERS: list[set[str]] = [
     {"testing._faults", "testing._fence", "testing._schedule", "testing._trace",
      "testing._strategies", "testing._simulation", "testing._runner", "testing._servers",
      "testing"},
+    {"_supervisor", "_cli_common"},
+    {"_cli_run", "_cli_demo"},
     {"_cli", "__main__"},
     {""},  # the package's __init__
 ]

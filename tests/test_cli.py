@@ -6,116 +6,22 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import trio
 
-from .harness import lines
+from .cli_procs import JOB, Proc, death_of, noleader, read_log, run_cli
 from .nats_fixture import needs_nats_extra
-
-NOLEADER = [sys.executable, "-m", "trio_noleader"]
-
-# A leader-only command: logs its start and its SIGTERM to a shared file, then waits.
-JOB = r"""
-import os, signal, sys, time
-log = sys.argv[1]
-def write(event):
-    with open(log, "a") as f:
-        f.write(f"{event} {os.getpid()} {time.time()!r} {os.environ['NOLEADER_TOKEN']}\n")
-def on_term(*_):
-    write("end")
-    sys.exit(0)
-signal.signal(signal.SIGTERM, on_term)
-write("start")
-print("job", "started", flush=True)
-while True:
-    time.sleep(3600)
-"""
-
-
-class Proc:
-    """A subprocess whose output lines can be awaited."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self._changed = trio.Event()
-
-    async def _pump(self, stream: trio.abc.ReceiveStream) -> None:
-        async with aclosing(lines(stream)) as each:
-            async for line in each:
-                self.lines.append(line.decode())
-                self._changed.set()
-                self._changed = trio.Event()
-        self._changed.set()
-
-    async def expect(self, pattern: str, limit: float = 20) -> re.Match[str]:
-        """Wait up to *limit* seconds for a line matching *pattern*."""
-        with trio.fail_after(limit):
-            seen = 0
-            while True:
-                for line in self.lines[seen:]:
-                    match = re.search(pattern, line)
-                    if match:
-                        return match
-                seen = len(self.lines)
-                if self.process.returncode is not None and self._changed.is_set():
-                    raise AssertionError(f"exited before {pattern!r}: {self.lines}")
-                await self._changed.wait()
-
-    async def wait(self, limit: float = 30) -> int:
-        with trio.fail_after(limit):
-            return await self.process.wait()
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-
-@asynccontextmanager
-async def noleader(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Proc]:
-    process = await trio.lowlevel.open_process(
-        [*NOLEADER, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
-    proc = Proc(process)
-    async with trio.open_nursery() as nursery:
-        assert process.stdout is not None
-        nursery.start_soon(proc._pump, process.stdout)
-        try:
-            yield proc
-        finally:
-            with trio.CancelScope(shield=True):
-                if process.returncode is None:
-                    process.kill()
-                await process.wait()
-
-
-async def run_cli(*args: str, limit: float = 60) -> tuple[int, str]:
-    async with noleader(*args) as proc:
-        code = await proc.wait(limit)
-    return code, proc.output
 
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     # A fresh file per test, never replaced: no grace for the first lease.
     return f"sqlite://{tmp_path / 'leases.db'}?new_store_grace=off"
-
-
-def read_log(path: Path) -> list[tuple[str, int, float, int]]:
-    if not path.exists():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        event, pid, stamp, token = line.split()
-        events.append((event, int(pid), float(stamp), int(token)))
-    return events
 
 
 async def test_help_lists_commands_and_exit_codes() -> None:
@@ -191,22 +97,18 @@ async def test_the_command_outlives_idle_threads_but_not_noleader(
         leader.process.kill()
         await leader.wait()
         with trio.fail_after(5):
-            await _death_of(pid)
+            await death_of(pid)
 
 
-async def _death_of(pid: int) -> None:
-    """Wait until process *pid* (not our child) has exited."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        await trio.lowlevel.wait_readable(fd)
-    finally:
-        os.close(fd)
-
-
-async def test_status_and_watch(url: str) -> None:
+async def test_status_and_watch(url: str, tmp_path: Path) -> None:
+    # Read-only commands never create a store: a missing one is an error naming it.
+    for command in (["status"], ["watch", "w"], ["reset", "w", "--force"]):
+        code, out = await run_cli(command[0], "--url", url, *command[1:])
+        assert code == 122, out
+        assert f"no SQLite lease store at '{tmp_path / 'leases.db'}'" in out
+        assert os.listdir(tmp_path) == []
+    code, out = await run_cli("run", "--url", url, "w", "--", "true")
+    assert code == 0, out
     code, out = await run_cli("status", "--url", url)
     assert code == 0
     assert "no elections" in out
@@ -216,8 +118,9 @@ async def test_status_and_watch(url: str) -> None:
         assert code == 0, out
         held = await watcher.expect(r'"held": true.*"token": (\d+)')
         assert int(held.group(1)) > 0
+        await watcher.expect('"held": false')
         watcher.process.send_signal(signal.SIGINT)
-        assert await watcher.wait() == 0
+        assert await watcher.wait() == 130
     lines = [json.loads(line) for line in watcher.lines if line.startswith("{")]
     assert [line["held"] for line in lines] == [False, True, False]
 
@@ -234,6 +137,9 @@ async def test_status_and_watch(url: str) -> None:
                      "store unavailable", marks=needs_nats_extra),
         (["status", "--url", "sqlite:///proc/no/such/dir/x.db"], 122, "/proc/no/such/dir"),
         (["run", "k", "--", "no-such-command-here"], 127, "cannot run"),
+        (["run", "k", "--", "/etc/passwd"], 126, "Permission denied"),
+        (["run", "--url", "sqlite:///proc/no/such/dir/x.db", "k", "--", "true"], 122,
+         "the directory '/proc/no/such/dir' does not exist"),
     ],
 )
 async def test_bad_input(args: Sequence[str], code: int, message: str, url: str) -> None:
@@ -322,3 +228,124 @@ async def _first_started(runners: list[Proc]) -> Proc:
 
                 nursery.start_soon(wait_one)
     return winner[0]
+
+
+# -- conventions: usage, hints, help, exit codes ----------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "status", "watch", "reset", "demo"])
+async def test_memory_urls_are_refused_for_every_command(command: str) -> None:
+    args = {"run": ["k", "--", "true"], "watch": ["k"], "reset": ["k", "--force"]}
+    for spelling in (["--url", "memory://", command], [command, "--url", "memory://"]):
+        code, out = await run_cli(*spelling, *args.get(command, []), limit=20)
+        assert code == 2, out
+        assert f"noleader {command}: error: memory:// is a store inside one process" in out
+        assert "sqlite:///" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["run", "--tll", "3", "k", "--", "true"],
+         ["usage: noleader run", "unrecognized arguments: --tll", "did you mean --ttl?"]),
+        (["status", "--jsn"], ["usage: noleader status", "did you mean --json?"]),
+        (["run", "k", "sleep", "5"],
+         ["usage: noleader run", "the command goes after --, as in: noleader run KEY -- "
+          "sleep 5"]),
+        (["run", "k"], ["usage: noleader run", "run needs a command after --"]),
+        (["status", "k", "--", "true"], ["only `noleader run` takes a command after --"]),
+        (["run", "--ttl", "15", "--grace", "10", "k", "--", "true"],
+         ["--grace 10 does not fit --ttl 15", "ttl - guard - renew_interval",
+          "15 - 1.5 - 5 = 8.5 s"]),
+        (["run", "--ttl", "3", "--grace", "1.7", "k", "--", "true"],
+         ["--grace 1.7 does not fit --ttl 3", "= 1.7 s"]),
+    ],
+)
+async def test_usage_errors_name_the_subcommand_and_help(args: list[str], words: list[str],
+                                                         url: str) -> None:
+    code, out = await run_cli(args[0], "--url", url, *args[1:])
+    assert code == 2, out
+    for word in words:
+        assert word in out, (word, out)
+    assert "usage: noleader [-h]" not in out  # the subcommand's usage, not the top level's
+    assert "Traceback" not in out
+
+
+async def test_an_unknown_command_does_not_list_the_internal_one() -> None:
+    code, out = await run_cli("stauts")
+    assert code == 2
+    assert "invalid choice: 'stauts'" in out
+    assert "'status'" in out
+    assert "_candidate" not in out
+
+
+async def test_help_texts_and_one_spelling_of_each_option() -> None:
+    for command, words in [
+        ("run", ["--ttl SECONDS", "--grace SECONDS", "KEY -- CMD", "the election key",
+                 "process group", "SIGKILL"]),
+        ("status", ["the election key", "exits 122", "3 if one of the KEYs", "--json"]),
+        ("watch", ["the election key", "exit 130", "143"]),
+        ("reset", ["the election key", "two commands may run", "--force"]),
+    ]:
+        code, out = await run_cli(command, "--help")
+        assert code == 0, out
+        for word in words:
+            assert word in out, (command, word)
+    code, out = await run_cli("run", "--help")
+    usage = out.split("\n\n")[0]
+    options = out[out.index("options:"):]
+    for option in ("--ttl SECONDS", "--grace SECONDS"):
+        assert option in usage
+        assert option in options
+
+
+async def test_url_before_the_subcommand_and_the_quoted_start_line(url: str) -> None:
+    code, out = await run_cli("--url", url, "run", "k", "--", "sh", "-c", "exit 0")
+    assert code == 0, out
+    assert "started sh -c 'exit 0' (pid " in out
+    code, out = await run_cli("--url", url, "status")
+    assert code == 0, out
+    assert "no elections in sqlite://" in out
+    # After the subcommand wins when both are given.
+    code, out = await run_cli("--url", "sqlite:///proc/no/x.db", "status", "--url", url)
+    assert code == 0, out
+
+
+async def test_status_key_is_a_health_check(url: str, tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    async with noleader("run", "--url", url, "--ttl", "5", "job", "--",
+                        sys.executable, "-c", JOB, str(log)) as leader:
+        await leader.expect("job started")
+        assert (await run_cli("status", "--url", url, "job"))[0] == 0
+        assert (await run_cli("status", "--url", url, "--json", "job"))[0] == 0
+        code, out = await run_cli("status", "--url", url, "job", "other")
+        assert code == 3, out
+        assert re.search(r"^other +- ", out, re.M), out
+        assert (await run_cli("status", "--url", url, "other", "--json"))[0] == 3
+        assert (await run_cli("status", "--url", url))[0] == 0  # a listing, not a check
+        leader.process.send_signal(signal.SIGTERM)
+        assert await leader.wait() == 143
+    assert (await run_cli("status", "--url", url, "job"))[0] == 3
+
+
+async def test_watch_exits_143_on_sigterm(url: str) -> None:
+    assert (await run_cli("run", "--url", url, "w", "--", "true"))[0] == 0
+    async with noleader("watch", "--url", url, "w") as watcher:
+        await watcher.expect("w: no leader")
+        watcher.process.send_signal(signal.SIGTERM)
+        assert await watcher.wait() == 143
+
+
+async def test_the_default_store_directory_is_created_on_demand_only(tmp_path: Path) -> None:
+    env = {"NOLEADER_URL": "", "XDG_STATE_HOME": str(tmp_path / "state")}
+    async with noleader("status", env=env) as proc:
+        assert await proc.wait() == 122
+    assert f"no store yet at '{tmp_path / 'state' / 'noleader' / 'leases.db'}'" in proc.output
+    assert os.listdir(tmp_path) == []
+    async with noleader("run", "k", "--", "true", env=env) as proc:
+        assert await proc.wait() == 0, proc.output
+    state = tmp_path / "state" / "noleader"
+    assert (state / "leases.db").is_file()
+    assert state.stat().st_mode & 0o777 == 0o700
+    async with noleader("status", "--json", env=env) as proc:
+        assert await proc.wait() == 0, proc.output

@@ -50,7 +50,7 @@ KEY = "jobs/compactor"
 
 
 @asynccontextmanager
-async def two_backends(db: Path, **options: float) -> AsyncIterator[tuple[SQLiteBackend,
+async def two_backends(db: Path, **options: Any) -> AsyncIterator[tuple[SQLiteBackend,
                                                                           SQLiteBackend]]:
     """Two connections to one file: as two processes would see it."""
     async with open_sqlite_backend(db, **options) as a, open_sqlite_backend(db, **options) as b:
@@ -113,8 +113,8 @@ def test_path_from_url_rejects_non_str() -> None:
         path_from_url(b"sqlite:///x.db")  # type: ignore[arg-type]
 
 
-async def test_open_backend_url_creates_directories_and_sets_default(tmp_path: Path) -> None:
-    db = tmp_path / "not" / "yet" / "there.db"
+async def test_open_backend_url_creates_the_file_and_sets_default(tmp_path: Path) -> None:
+    db = tmp_path / "there.db"
     async with open_backend(f"sqlite://{db}") as backend:
         assert isinstance(backend, SQLiteBackend)
         assert backend.path == str(db)
@@ -132,6 +132,7 @@ async def test_relative_path_is_taken_from_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
     async with open_backend("sqlite://sub/rel.db?new_store_grace=off") as backend:
         assert isinstance(backend, SQLiteBackend)
         assert backend.path == str(tmp_path / "sub" / "rel.db")
@@ -151,6 +152,49 @@ async def test_file_is_in_wal_mode_with_schema(tmp_path: Path) -> None:
             tables = {row[0] for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
             assert {"noleader_counter", "noleader_lease"} <= tables
+
+
+@pytest.mark.parametrize("how", ["open_sqlite_backend", "open_backend"])
+async def test_a_missing_directory_is_an_error_naming_it(tmp_path: Path, how: str) -> None:
+    # A typo in a directory name must not create a store (and an election) of its own.
+    db = tmp_path / "typo" / "deeper" / "leases.db"
+    opener = (open_sqlite_backend(db) if how == "open_sqlite_backend"
+              else open_backend(f"sqlite://{db}"))
+    with pytest.raises(BackendUnavailable, match="does not exist") as info:
+        async with opener:
+            pytest.fail("opened")  # pragma: no cover
+    assert repr(str(db.parent)) in str(info.value)
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("how", ["open_sqlite_backend", "open_backend"])
+async def test_create_false_never_creates_the_file(tmp_path: Path, how: str) -> None:
+    db = tmp_path / "leases.db"
+
+    def opener() -> Any:
+        if how == "open_sqlite_backend":
+            return open_sqlite_backend(db, create=False)
+        return open_backend(f"sqlite://{db}", create=False)
+
+    with pytest.raises(BackendUnavailable, match="no SQLite lease store") as info:
+        async with opener():
+            pytest.fail("opened")  # pragma: no cover
+    assert repr(str(db)) in str(info.value)
+    assert os.listdir(tmp_path) == []
+    # Once someone has created the store, create=False opens it as it is.
+    async with open_sqlite_backend(db) as backend:
+        await backend.create(KEY, b"x", ttl=30)
+    async with opener() as backend:
+        entry = await backend.get(KEY)
+        assert entry is not None
+        assert entry.value == b"x"
+
+
+async def test_create_must_be_a_bool(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="create must be a bool, got str"):
+        async with _open_sqlite_backend(tmp_path / "x.db", create="no"):  # type: ignore[arg-type]
+            pytest.fail("opened")  # pragma: no cover
+    assert os.listdir(tmp_path) == []
 
 
 async def test_a_directory_is_refused_naming_the_path(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import sniffio
 import trio
 
 from ._exceptions import NoLeaderError
@@ -24,13 +25,47 @@ from ._types import type_error
 from ._unwrap import bare_exceptions
 from .abc import Backend
 
-__all__ = ["Services", "backend_scope", "resolve_backend", "services_for"]
+__all__ = ["Services", "backend_scope", "require_trio", "resolve_backend", "services_for"]
 
 logger = logging.getLogger("trio_noleader")
 
 _current_backend: ContextVar[Backend | None] = ContextVar(
     "trio_noleader_current_backend", default=None
 )
+
+
+#: How to reach us from asyncio code, for the error that says we need trio.
+FROM_ASYNCIO = (
+    "from asyncio code, run the trio part on a trio-asyncio loop: inside "
+    "`async with trio_asyncio.open_loop():`, call a trio function that does the work as "
+    "`await trio_asyncio.trio_as_aio(trio_fn)(*args)` (README.rst, \"From asyncio\")"
+)
+
+
+def require_trio(what: str) -> None:
+    """Raise a clear ``RuntimeError`` unless the caller runs as trio code.
+
+    Called once at each entry point (entering ``hold_leadership`` or an ``open_*``,
+    ``run_as_leader``, ``current_leader``, ``watch_leader``), never on a backend's
+    per-call paths. Without it, asyncio code (``asyncio.run()``, or the asyncio side
+    of trio-asyncio without ``trio_as_aio``) gets an ``AttributeError``, "must be
+    called from async context" or a ``TrioInternalError`` from deep inside trio.
+
+    Args:
+        what (str): The entry point, as the user spelt it (``"hold_leadership()"``).
+
+    Raises:
+        RuntimeError: naming *what*, where it was called from, and the recipe.
+    """
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = None
+    if library == "trio":
+        return
+    where = "outside any event loop" if library is None else f"from {library} code"
+    raise RuntimeError(
+        f"trio_noleader.{what} needs trio, but it was called {where}; {FROM_ASYNCIO}")
 
 
 def resolve_backend(backend: Backend | None) -> Backend:

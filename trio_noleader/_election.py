@@ -17,6 +17,7 @@ from ._exceptions import (
     LeadershipLost,
     NoLeaderError,
 )
+from ._reentry import one_per_task
 from ._types import (
     check_key,
     check_timing,
@@ -152,6 +153,9 @@ def hold_leadership(
         LeadershipLost: out of the ``async with`` if the lease was lost mid-body.
         trio.WouldBlock: on entry with ``wait=False`` when the key is held.
         NoLeaderError: on entry if *backend* is None and no backend is open.
+        RuntimeError: on entry outside trio (say, from asyncio code: see
+            README.rst, "From asyncio"), or if this task already holds or
+            campaigns for *key* on the same backend (it would wait for itself).
         ValueError, TypeError: at once for a bad key or timing (see the rules:
             ``ttl`` finite and > 0, ``0 < renew_interval < ttl``,
             ``0 <= guard < ttl - renew_interval``), or for a ttl the backend
@@ -168,7 +172,7 @@ def hold_leadership(
         raise type_error("wait", wait, "a bool")
     if backend is not None:
         resolve_backend(backend)
-    return _hold(key, backend, *timing, wait)
+    return one_per_task(_hold(key, backend, *timing, wait), key, backend)
 
 
 @asynccontextmanager

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import trio
 
-from ._context import resolve_backend
+from ._context import require_trio, resolve_backend
 from ._election import Leadership, hold_leadership
 from ._exceptions import LeadershipLost
 from ._types import LeaderInfo, check_key, check_timing, type_error
@@ -48,6 +48,7 @@ async def run_as_leader(
     check_timing(ttl, renew_interval, guard)
     if not callable(async_fn):
         raise type_error("async_fn", async_fn, "an async function")
+    require_trio("run_as_leader()")
     started = False
     while True:
         try:
@@ -65,6 +66,7 @@ async def run_as_leader(
 async def current_leader(key: str, *, backend: Backend | None = None) -> LeaderInfo | None:
     """Return who holds *key* now, or ``None`` if nobody does."""
     check_key(key)
+    require_trio("current_leader()")
     entry = await resolve_backend(backend).get(key)
     return None if entry is None else LeaderInfo.from_entry(entry)
 
@@ -85,6 +87,7 @@ def watch_leader(key: str, *,
 
 
 async def _watch_leader(key: str, backend: Backend) -> AsyncGenerator[LeaderInfo | None, None]:
+    require_trio("watch_leader()")
     last: object = object()
     async with backend.watch(key) as updates:
         async for entry in updates:

@@ -10,7 +10,7 @@ from types import TracebackType
 
 import trio
 
-from ._context import backend_scope
+from ._context import backend_scope, require_trio
 from ._exceptions import KeyExists, NoLeaderError, RevisionMismatch
 from ._types import Entry, check_key
 from .abc import Backend, Update
@@ -45,6 +45,7 @@ class MemoryBackend(Backend):
         return f"<MemoryBackend keys={len(self._slots)} revision={self._revision}>"
 
     async def __aenter__(self) -> MemoryBackend:
+        require_trio("MemoryBackend()")
         stack = AsyncExitStack()
         await stack.enter_async_context(backend_scope(self))
         self._scopes.append(stack)

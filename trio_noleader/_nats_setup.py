@@ -24,13 +24,13 @@ import nats.errors
 import nats.js.errors
 
 from . import _aio
-from ._context import backend_scope, services_for
+from ._context import backend_scope, require_trio, services_for
 from ._exceptions import BackendUnavailable
 from ._nats import NatsBackend
 from ._nats_base import _TRANSIENT, MARKER_TTL, REQUEST_TIMEOUT, _describe, _js_api, _Link
 from ._types import check_type, type_error
 from ._unwrap import bare_exceptions
-from ._urls import DEFAULT_BUCKET, check_bucket_name, redact_url
+from ._urls import DEFAULT_BUCKET, Default, check_bucket_name, merge_server_settings, redact_url
 
 __all__ = ["open_nats_backend"]
 
@@ -177,7 +177,7 @@ async def _aio_connect(servers: str | list[str], address: str, secrets: Sequence
 
 
 async def _aio_setup(nc: Any, address: str, bucket: str, replicas: int,
-                     storage: str) -> tuple[float, str, float]:
+                     storage: str, create: bool = True) -> tuple[float, str, float]:
     """Check the server and the bucket (asyncio side); see :func:`_aio_provision`."""
     version = _server_version(nc)
     parsed = _version_tuple(version)
@@ -195,7 +195,7 @@ async def _aio_setup(nc: Any, address: str, bucket: str, replicas: int,
         raise BackendUnavailable(
             f"NATS at {address} has no JetStream for this account ({_describe(exc)}): "
             "start nats-server with -js (or enable JetStream for the account)") from exc
-    return await _aio_provision(nc, address, bucket, replicas, storage)
+    return await _aio_provision(nc, address, bucket, replicas, storage, create)
 
 
 def first_sequence() -> int:
@@ -246,7 +246,7 @@ async def _aio_create_bucket(nc: Any, bucket: str, replicas: int,
 
 
 async def _aio_provision(nc: Any, address: str, bucket: str, replicas: int,
-                         storage: str) -> tuple[float, str, float]:
+                         storage: str, create: bool = True) -> tuple[float, str, float]:
     """Make sure the bucket exists and fits (asyncio side).
 
     Returns:
@@ -258,6 +258,10 @@ async def _aio_provision(nc: Any, address: str, bucket: str, replicas: int,
     try:
         info = await _js_api(nc, f"STREAM.INFO.{stream}")
     except nats.js.errors.NotFoundError:
+        if not create:
+            raise BackendUnavailable(
+                f"no bucket {bucket!r} at {address} (a typo? nothing has run there yet?)"
+            ) from None
         try:
             info = await _aio_create_bucket(nc, bucket, replicas, storage)
             logger.info("created NATS KV bucket %r at %s (first revision %d)", bucket,
@@ -360,10 +364,11 @@ def _secrets(servers: Sequence[str], options: Mapping[str, Any]) -> list[str]:
 async def open_nats_backend(
     servers: str | Sequence[str] = "nats://127.0.0.1:4222",
     *,
-    bucket: str = DEFAULT_BUCKET,
+    bucket: str = Default(DEFAULT_BUCKET),
     replicas: int = 1,
     storage: str = "file",
     new_store_grace: bool = True,
+    create: bool = True,
     **connect_options: Any,
 ) -> AsyncIterator[NatsBackend]:
     """Open a NATS JetStream KV bucket as the lease store, and make it the default.
@@ -388,15 +393,25 @@ async def open_nats_backend(
     Args:
         servers (str | Sequence[str]): One or more server URLs (``nats://`` or
             ``tls://``, credentials in the URL allowed), comma-separated or a list.
-        bucket (str): The KV bucket's name (``[A-Za-z0-9_-]+``).
-        replicas (int): Replicas of a bucket created here (1 to 5).
-        storage (str): ``"file"`` or ``"memory"``, for a bucket created here.
+            A URL may name the bucket as its path and bucket options as its query,
+            as in :func:`open_backend`: ``nats://host:4222/apps?replicas=3``.
+        bucket (str): The KV bucket's name (``[A-Za-z0-9_-]+``); default the one a
+            server URL names, else ``noleader``. A bucket given here and one in a
+            server URL must be the same (``ValueError`` naming both otherwise: two
+            spellings must never mean two elections).
+        replicas (int): Replicas of a bucket created here (1 to 5); a server URL's
+            ``?replicas=`` replaces the default 1.
+        storage (str): ``"file"`` or ``"memory"``, for a bucket created here; a
+            server URL's ``?storage=`` replaces the default.
         new_store_grace (bool): Refuse the first lease on a bucket younger than
             the lease's ttl (``BackendUnavailable``, which a campaign rides out),
             because a leader of the bucket it replaced (deleted, or lost with a
             server's memory storage) may still be in its term. Turn it off only
             where a bucket is never replaced, as in tests that make a fresh one
             each time.
+        create (bool): Create the bucket if it does not exist (the default). With
+            ``False`` a missing bucket is a :class:`BackendUnavailable`: for tools
+            that only look, where a typo must not create a bucket.
         **connect_options: Passed to ``nats.connect``: ``user``/``password``,
             ``token``, ``user_credentials``, ``nkeys_seed``, ``tls`` (an
             ``ssl.SSLContext``), ``tls_hostname``, callbacks, ... Defaults here:
@@ -413,6 +428,15 @@ async def open_nats_backend(
     """
     server_list = _server_list(servers)
     check_bucket_name(bucket)
+    server_list, settings = merge_server_settings(server_list, {
+        "bucket": bucket,
+        "replicas": None if replicas == 1 and not isinstance(replicas, bool) else replicas,
+        "storage": None if storage == "file" else storage})
+    bucket = str(settings["bucket"])
+    replicas = 1 if settings["replicas"] is None else settings["replicas"]
+    storage = "file" if settings["storage"] is None else settings["storage"]
+    if not isinstance(create, bool):
+        raise type_error("create", create, "a bool")
     if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
         raise ValueError(f"replicas={replicas!r}: must be an int from 1 to 5")
     if storage not in ("file", "memory"):
@@ -423,6 +447,7 @@ async def open_nats_backend(
     address = ", ".join(redact_url(server) for server in server_list)
     secrets = _secrets(server_list, connect_options)
     connect_to: str | list[str] = server_list[0] if len(server_list) == 1 else server_list
+    require_trio("open_nats_backend()")
 
     with bare_exceptions():
         async with AsyncExitStack() as stack:
@@ -432,13 +457,14 @@ async def open_nats_backend(
                                  dict(connect_options), link)
             backend = NatsBackend(loop=loop, nc=nc, bucket=bucket, max_age=0.0,
                                   provision=functools.partial(
-                                      _aio_provision, nc, address, bucket, replicas, storage),
+                                      _aio_provision, nc, address, bucket, replicas, storage,
+                                      create),
                                   new_store_grace=new_store_grace,
                                   address=address, link=link)
             stack.push_async_callback(backend.aclose)
             try:
                 backend.learn(*await _aio.call(
-                    loop, _aio_setup, nc, address, bucket, replicas, storage))
+                    loop, _aio_setup, nc, address, bucket, replicas, storage, create))
             except (*_TRANSIENT, asyncio.CancelledError) as exc:
                 raise BackendUnavailable(
                     f"setting up bucket {bucket!r} at {address}: "

@@ -39,19 +39,22 @@ last reported expires, with no write needed.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
 import os
 import sqlite3
+import stat
 import time
+import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import TypeVar
 
 import trio
 
-from ._context import backend_scope
+from ._context import backend_scope, require_trio
 from ._exceptions import BackendUnavailable, KeyExists, NoLeaderError, RevisionMismatch
 from ._sqlite_file import (
     Row,
@@ -82,6 +85,21 @@ DEFAULT_BUSY_TIMEOUT = 5.0
 #: caller was cancelled notices between two slices and stops knocking.
 BUSY_SLICE = 0.1
 
+def _check_directory(path: str) -> None:
+    """Raise if the directory of *path* does not exist or is not a directory."""
+    directory = os.path.dirname(path)
+    try:
+        mode = os.stat(directory).st_mode
+    except FileNotFoundError as exc:
+        raise BackendUnavailable(
+            f"cannot open SQLite database {path!r}: the directory {directory!r} does not "
+            "exist (create it first)") from exc
+    if not stat.S_ISDIR(mode):
+        raise BackendUnavailable(
+            f"cannot open SQLite database {path!r}: {directory!r} is not a directory"
+        ) from NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), directory)
+
+
 class SQLiteBackend(Backend):
     """The backend protocol over one SQLite database file, shared between processes.
 
@@ -110,6 +128,7 @@ class SQLiteBackend(Backend):
         self._identity: tuple[int, int] | None = None
         self._created = 0.0
         self._new_store_grace = new_store_grace
+        self._create = True
 
     @property
     def path(self) -> str:
@@ -130,19 +149,31 @@ class SQLiteBackend(Backend):
 
     @classmethod
     def _connect(cls, path: str, poll_interval: float, busy_timeout: float,
-                 new_store_grace: bool = True) -> SQLiteBackend:
-        """Open (creating if needed) the database in the calling worker thread."""
+                 new_store_grace: bool = True, create: bool = True) -> SQLiteBackend:
+        """Open the database in the calling worker thread (creating the file if *create*).
+
+        Never creates a directory: a missing one is far more often a typo than a
+        wish, and a typo must not start an election of its own.
+        """
         # Absolute now: a later chdir must not move the store under us.
         path = os.path.abspath(path)
         try:
-            directory = os.path.dirname(path)
-            if directory:
-                os.makedirs(directory, exist_ok=True)
+            _check_directory(path)
             if os.path.isdir(path):
                 raise BackendUnavailable(
                     f"cannot open SQLite database {path!r}: it is a directory")
-            conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
+            if create:
+                conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
+                                       check_same_thread=False)
+            elif not os.path.exists(path):
+                raise BackendUnavailable(
+                    f"no SQLite lease store at {path!r}: the file does not exist (a typo? "
+                    "nothing has run there yet?)")
+            else:
+                # mode=rw: if the file vanished since the check, fail, do not create it.
+                conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=rw", uri=True,
+                                       timeout=busy_timeout, isolation_level=None,
+                                       check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"cannot open SQLite database {path!r}: {exc}") from exc
         try:
@@ -159,6 +190,7 @@ class SQLiteBackend(Backend):
                       new_store_grace=new_store_grace)
         backend._identity = identity_of(path)
         backend._created = created_of(conn)
+        backend._create = create
         return backend
 
     def _check_identity(self) -> None:
@@ -174,7 +206,7 @@ class SQLiteBackend(Backend):
         old = self._conn
         try:
             fresh = self._connect(self._path, self._poll_interval, self._busy_timeout,
-                                  self._new_store_grace)
+                                  self._new_store_grace, self._create)
         except BackendUnavailable as exc:
             raise BackendUnavailable(
                 f"SQLite database {self._path!r} was deleted or replaced under this "
@@ -494,12 +526,15 @@ async def open_sqlite_backend(
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     new_store_grace: bool = True,
+    create: bool = True,
 ) -> AsyncIterator[SQLiteBackend]:
     """Open the SQLite lease store at *path* and make it the default backend for the block.
 
     Every process of the host that opens the same file takes part in the same
-    elections. The file (and its directory) is created if missing and put in WAL
-    mode. TTLs run on the wall clock (:func:`time.time`), shared by the processes
+    elections. The file is created if missing (unless ``create=False``) and put in
+    WAL mode; its directory must exist (a missing directory is far more often a
+    typo than a wish, and a typo must not start elections of its own). TTLs run
+    on the wall clock (:func:`time.time`), shared by the processes
     of one host; a large step of that clock shortens or stretches the leases in
     the store, so keep the clock slewed, not stepped (the default for NTP daemons).
 
@@ -522,10 +557,14 @@ async def open_sqlite_backend(
             because a leader of the file it replaced (deleted, or moved away) may
             still be in its term. Turn it off only where a file is never replaced,
             as in tests that make a fresh one each time.
+        create (bool): Create the file if it does not exist (the default). With
+            ``False`` a missing file is an error: for tools that only look
+            (``noleader status``), where a typo must not create an empty store.
 
     Raises:
         BackendUnavailable: if the file cannot be opened or used as a lease store
-            (a directory, no permission, not a database); the message names the path.
+            (its directory missing, a directory, no permission, not a database,
+            missing with ``create=False``); the message names the path.
         TypeError, ValueError: for bad arguments, before any I/O.
     """
     if isinstance(path, bytes) or not isinstance(path, str | os.PathLike):
@@ -540,8 +579,11 @@ async def open_sqlite_backend(
     poll_interval = check_seconds("poll_interval", poll_interval)
     busy_timeout = check_seconds("busy_timeout", busy_timeout, allow_zero=True)
     check_type("new_store_grace", new_store_grace, bool, "a bool")
+    if not isinstance(create, bool):
+        raise type_error("create", create, "a bool")
+    require_trio("open_sqlite_backend()")
     backend = await trio.to_thread.run_sync(
-        SQLiteBackend._connect, raw, poll_interval, busy_timeout, new_store_grace)
+        SQLiteBackend._connect, raw, poll_interval, busy_timeout, new_store_grace, create)
     logger.debug("opened SQLite backend %s", backend.path)
     try:
         with bare_exceptions():

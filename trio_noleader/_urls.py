@@ -17,7 +17,9 @@ from ._types import type_error
 __all__ = [
     "DEFAULT_BUCKET",
     "SCHEMES",
+    "Default",
     "check_bucket_name",
+    "merge_server_settings",
     "parse_nats_url",
     "parse_sqlite_url",
     "path_from_url",
@@ -218,7 +220,14 @@ def parse_nats_url(url: str) -> tuple[list[str], str, dict[str, Any]]:
         raise ValueError(
             f"NATS URL {shown!r:.120}: the path must be a bucket name, like "
             f"nats://host:4222/noleader: {exc}") from None
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    options.update(_query_options(shown, parts.query))
+    return servers, bucket, options
+
+
+def _query_options(shown: str, query: str) -> dict[str, Any]:
+    """The bucket options of a NATS URL's query string (``?replicas=3&storage=memory``)."""
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
         if name == "replicas":
             try:
                 options["replicas"] = int(value)
@@ -227,9 +236,79 @@ def parse_nats_url(url: str) -> tuple[list[str], str, dict[str, Any]]:
         elif name == "storage":
             options["storage"] = value
         elif name == "new_store_grace":
-            options[name] = _flag(name, value, lambda why: ValueError(f"NATS URL {shown!r}: {why}"))
+            options[name] = _flag(name, value,
+                                  lambda why: ValueError(f"NATS URL {shown!r}: {why}"))
         else:
             raise ValueError(
                 f"NATS URL {shown!r}: unknown parameter {name!r} "
                 "(known: replicas, storage, new_store_grace)")
-    return servers, bucket, options
+    return options
+
+
+class Default(str):
+    """A keyword default that can be told from the same value passed explicitly.
+
+    ``open_nats_backend(servers, bucket=...)``'s default is ``Default("noleader")``:
+    it prints and compares as ``"noleader"``, but a bucket named in a server URL
+    may replace it, while an explicit ``bucket="noleader"`` must agree with the URL.
+    """
+
+    __slots__ = ()
+
+
+def merge_server_settings(servers: list[str], given: dict[str, Any]
+                          ) -> tuple[list[str], dict[str, Any]]:
+    """Take the bucket (path) and options (query) off NATS server URLs; merge with *given*.
+
+    ``nats://host:4222/apps?replicas=3`` names a bucket and a bucket option as well
+    as a server. nats-py ignores both, so a replica that spelt its store that way
+    would silently use another bucket than one that said ``bucket="apps"``: two
+    elections, two leaders. Here a URL's setting replaces a keyword left at its
+    default (a :class:`Default` value), and must equal one passed explicitly.
+
+    Args:
+        servers: Server URLs, as given (credentials in them stay).
+        given: ``bucket``, ``replicas`` and ``storage`` as passed; a value that is
+            a :class:`Default` (or ``None``) was not passed.
+
+    Returns:
+        tuple: the server URLs without path or query, and the merged settings.
+
+    Raises:
+        ValueError: if a URL disagrees with an explicit keyword or another URL,
+            naming both values (never a secret), or a URL's path or query is bad.
+    """
+    merged = dict(given)
+    source = {name: f"{name}={value!r}" for name, value in given.items()
+              if value is not None and not isinstance(value, Default)}
+    stripped = []
+    for server in servers:
+        scheme, sep, rest = server.partition("://")
+        if not sep:
+            stripped.append(server)
+            continue
+        userinfo, at, after = rest.rpartition("@")
+        hosts, slash, tail = after.partition("/")
+        hosts, _, query = hosts.partition("?")
+        path, _, tail_query = tail.partition("?")
+        stripped.append(f"{scheme}://{userinfo}{at}{hosts}")
+        shown = redact_url(server)
+        found = _query_options(shown, tail_query if slash else query)
+        bucket = unquote(path.strip("/"))
+        if bucket:
+            try:
+                check_bucket_name(bucket)
+            except ValueError as exc:
+                raise ValueError(
+                    f"NATS URL {shown!r:.120}: the path must be a bucket name, like "
+                    f"nats://host:4222/noleader: {exc}") from None
+            found["bucket"] = bucket
+        for name, value in found.items():
+            here = f"{value!r} in the server URL {shown!r}"
+            if name in source and merged[name] != value:
+                raise ValueError(
+                    f"{name}: {here} disagrees with {source[name]}; they name different "
+                    f"stores (two elections that could both elect a leader): make them agree")
+            merged[name] = value
+            source.setdefault(name, here)
+    return stripped, merged

@@ -10,8 +10,10 @@ virtual time. See README.rst, "Testing your leader code".
 - :class:`Schedule` (with :class:`Timing`, :class:`Candidate`, the faults
   :class:`Partition`, :class:`Outage`, :class:`Pause`, :class:`Crash`,
   :class:`Restart`, :class:`Lossy`, :class:`Slow`) describes a run; :func:`schedules` and
-  :func:`timings` are Hypothesis strategies for them (importing them needs
-  ``hypothesis``).
+  :func:`timings` are Hypothesis strategies for them, and
+  :func:`simulation_settings` (profile :data:`HYPOTHESIS_PROFILE`) the settings
+  for tests that simulate: no deadline, ``too_slow`` suppressed (importing these
+  needs ``hypothesis``).
 - :func:`run_schedule` / :func:`simulate` play a schedule in virtual time and
   return a :class:`Trace`, whose ``check_*`` methods assert the properties.
 """
@@ -54,15 +56,19 @@ from ._trace import Trace as Trace
 
 if TYPE_CHECKING:
     from ._strategies import FAULT_KINDS as FAULT_KINDS
+    from ._strategies import HYPOTHESIS_PROFILE as HYPOTHESIS_PROFILE
     from ._strategies import LOSS_PROBABILITIES as LOSS_PROBABILITIES
     from ._strategies import schedules as schedules
+    from ._strategies import simulation_settings as simulation_settings
     from ._strategies import timings as timings
 
-_STRATEGIES = ("FAULT_KINDS", "LOSS_PROBABILITIES", "schedules", "timings")
+_STRATEGIES = ("FAULT_KINDS", "HYPOTHESIS_PROFILE", "LOSS_PROBABILITIES", "schedules",
+               "simulation_settings", "timings")
 
 __all__ = [
     "DEFAULT_KEY",
     "FAULT_KINDS",
+    "HYPOTHESIS_PROFILE",
     "LEADER",
     "LOSS_PROBABILITIES",
     "Call",
@@ -94,6 +100,7 @@ __all__ = [
     "run_schedule",
     "schedules",
     "simulate",
+    "simulation_settings",
     "timings",
 ]
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 
 import trio
@@ -28,6 +32,45 @@ __all__ = ["DEFAULT_KEY", "run_schedule", "simulate"]
 
 #: The election key a simulation uses unless told otherwise.
 DEFAULT_KEY = "sim/leader"
+
+#: The trace (and the run's start) of the simulation the current task belongs to.
+_RUN: ContextVar[tuple[Trace, float] | None] = ContextVar(
+    "trio_noleader_testing_run", default=None)
+
+
+class _KeepInTrace(logging.Filter):
+    """On the library's logger: a simulation's records go to its trace, not further.
+
+    By context, not globally: tasks of the simulation log into its trace while
+    the rest of the program (another test's tasks, say) logs as usual.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        run = _RUN.get()
+        if run is None:
+            return True
+        trace, t0 = run
+        try:
+            record.virtual_time = trio.current_time() - t0
+        except RuntimeError:  # logged outside the run (cannot happen from its tasks)
+            record.virtual_time = None
+        trace.log.append(record)
+        return False
+
+
+_KEEP_IN_TRACE = _KeepInTrace()
+
+
+@contextmanager
+def _logging_into(trace: Trace, t0: float) -> Iterator[None]:
+    logger = logging.getLogger("trio_noleader")
+    if _KEEP_IN_TRACE not in logger.filters:
+        logger.addFilter(_KEEP_IN_TRACE)
+    token = _RUN.set((trace, t0))
+    try:
+        yield
+    finally:
+        _RUN.reset(token)
 
 
 async def run_schedule(schedule: Schedule, *, body: BodyFn | None = None,
@@ -59,8 +102,12 @@ async def run_schedule(schedule: Schedule, *, body: BodyFn | None = None,
             (``FaultyBackend(timeout=...)``), as a real backend client has; by
             default calls wait as long as the link makes them.
 
+    What the library logs from the run's tasks is kept in :attr:`Trace.log`, not
+    passed on to your handlers (nor, without any, printed on stderr): a run fails
+    renewals and loses terms on purpose, hundreds of times.
+
     Returns:
-        Trace: the terms, writes, calls and faults of the run, with the checks.
+        Trace: the terms, writes, calls, faults and log of the run, with the checks.
 
     Raises:
         RuntimeError: if the clock is not a MockClock.
@@ -77,7 +124,7 @@ async def run_schedule(schedule: Schedule, *, body: BodyFn | None = None,
     baseline = set(all_tasks())
     trace = Trace(schedule, key)
     shutdown_started = trio.current_time()
-    with trio.CancelScope() as guard_scope:
+    with _logging_into(trace, t0), trio.CancelScope() as guard_scope:
         guard = LivelockGuard(guard_scope, trace.errors)
         trio.lowlevel.add_instrument(guard)
         try:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
+from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from .._types import check_timing
@@ -31,13 +33,46 @@ from ._schedule import (
     Timing,
 )
 
-__all__ = ["FAULT_KINDS", "LOSS_PROBABILITIES", "schedules", "timings"]
+__all__ = [
+    "FAULT_KINDS",
+    "HYPOTHESIS_PROFILE",
+    "LOSS_PROBABILITIES",
+    "schedules",
+    "simulation_settings",
+    "timings",
+]
 
 #: Every kind of fault :func:`schedules` can put on a timeline.
 FAULT_KINDS: tuple[type[Fault], ...] = (Partition, Outage, Pause, Crash, Lossy, Slow, Restart)
 
 #: The loss probabilities a :class:`Lossy` fault draws from by default.
 LOSS_PROBABILITIES: tuple[float, ...] = (1.0, 0.5, 0.0, 0.25)
+
+
+_SIMULATION_SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+#: The Hypothesis profile of :func:`simulation_settings`:
+#: ``settings.load_profile(HYPOTHESIS_PROFILE)`` makes them every test's default.
+HYPOTHESIS_PROFILE = "trio_noleader"
+settings.register_profile(HYPOTHESIS_PROFILE, _SIMULATION_SETTINGS)
+
+
+def simulation_settings(**overrides: Any) -> settings:
+    """Hypothesis settings for tests that run simulations, with your *overrides*.
+
+    No deadline (a simulated run takes tens of milliseconds of real time, more on a
+    busy machine, and Hypothesis's default 200 ms deadline would fail it at
+    random) and the ``too_slow`` health check suppressed (for the same reason).
+    Use the result as a decorator::
+
+        @simulation_settings(max_examples=500)
+        @given(schedules())
+        def test_my_leader(schedule): ...
+
+    Args:
+        **overrides: Any other ``hypothesis.settings`` argument.
+    """
+    return settings(_SIMULATION_SETTINGS, **overrides)
 
 
 def _ms(value: int) -> float:

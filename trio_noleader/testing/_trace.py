@@ -7,6 +7,7 @@ test may build a :class:`Trace` by hand to check a story of its own.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import uuid
 from collections import Counter
@@ -125,6 +126,11 @@ class Trace:
         leftover_tasks (list[str]): Tasks still alive after the run was shut down.
         shutdown_took (float): How long cancelling every candidate took.
         end (float): When the run ended (``schedule.run_until``).
+        log (list[logging.LogRecord]): What the library logged during the run (the
+            ``trio_noleader`` logger, at the level it is set to), kept here rather
+            than passed on to the application's handlers: a run logs hundreds of
+            failed renewals and lost terms on purpose. ``record.virtual_time`` is
+            the run's time of each (seconds from its start).
     """
 
     schedule: Schedule
@@ -142,6 +148,7 @@ class Trace:
     leftover_tasks: list[str] = field(default_factory=list)
     shutdown_took: float = 0.0
     end: float = 0.0
+    log: list[logging.LogRecord] = field(default_factory=list, repr=False)
 
     # -- reading -----------------------------------------------------------------
 
