@@ -26,6 +26,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 with contextlib.suppress(ImportError):
     # Session fixtures that start a real nats-server (see nats_fixture.py).
     from nats_fixture import *  # noqa: F403
+with contextlib.suppress(ImportError):
+    # A session fixture that starts a real PostgreSQL (see postgres_fixture.py).
+    from postgres_fixture import *  # noqa: F403
 
 SPECS: list[BackendSpec] = [spec_memory.SPEC]
 try:
@@ -40,9 +43,18 @@ try:
     SPECS.append(spec_nats.SPEC)
 except ImportError:  # the NATS spec lands with the NATS backend
     pass
+try:
+    import spec_postgres
+
+    SPECS.append(spec_postgres.SPEC)
+except ImportError:  # without the postgres extra
+    pass
+
+_MARKS = {"postgres": [pytest.mark.postgres]}
 
 
-@pytest.fixture(params=SPECS, ids=[spec.name for spec in SPECS])
+@pytest.fixture(params=[pytest.param(spec, id=spec.name, marks=_MARKS.get(spec.name, []))
+                        for spec in SPECS])
 def spec(request: pytest.FixtureRequest) -> BackendSpec:
     result: BackendSpec = request.param
     return result

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ._memory import MemoryBackend
-from ._urls import parse_nats_url, path_from_url, scheme_of
+from ._urls import parse_nats_url, parse_postgres_url, path_from_url, scheme_of
 from .abc import Backend
 
 __all__ = ["open_backend"]
@@ -21,7 +21,9 @@ async def open_backend(url: str) -> AsyncIterator[Backend]:
       ``sqlite://relative.db`` is relative to the working directory);
     - ``nats://host:port/bucket`` (``tls://`` too) -- :func:`open_nats_backend`;
       the bucket defaults to ``noleader``, and ``user:password@`` or ``token@``
-      in the URL are passed to the server.
+      in the URL are passed to the server;
+    - ``postgresql://user:password@host:port/database`` (``postgres://`` too) --
+      :func:`open_postgres_backend`; ``?table=name`` picks the lease table.
 
     The URL is checked before the module serving it (and its optional extra) is
     imported, so a malformed URL is a ``ValueError`` even without the extra.
@@ -40,6 +42,12 @@ async def open_backend(url: str) -> AsyncIterator[Backend]:
         from ._sqlite import open_sqlite_backend
 
         async with open_sqlite_backend(path) as backend:
+            yield backend
+    elif kind == "postgres":
+        dsn, table = parse_postgres_url(url)
+        from ._postgres import open_postgres_backend
+
+        async with open_postgres_backend(dsn, table=table) as backend:
             yield backend
     else:
         servers, bucket, options = parse_nats_url(url)

@@ -1,0 +1,589 @@
+"""PostgreSQL backend: a lease table reached through asyncpg on trio-asyncio.
+
+asyncpg is an asyncio library: every call into it goes through
+``trio_asyncio.aio_as_trio`` on the loop the backend was opened with, as the NATS
+backend does with nats-py. This is the only module that imports ``asyncpg`` (the
+``postgres`` extra); the SQL text lives in :mod:`trio_noleader._postgres_sql`.
+
+Every protocol call is one statement, one round trip, on a connection from a small
+asyncpg pool (a slow statement, say one waiting for a row lock that a fenced
+transaction holds, does not stall the others). Writes carry their own
+``pg_notify`` in the same statement, so a NOTIFY is sent exactly when a write
+commits. Watches share one extra connection that LISTENs on the table's channel;
+a watcher re-reads its key when notified, and when the entry it reported last
+expires, by a timer set from the server's own count of the time left. Losing that
+connection breaks every open watch with :class:`~trio_noleader.BackendUnavailable`
+(the caller watches afresh); the next watch opens a new one.
+
+Connections lost to a server restart are replaced when next needed (the pool
+reconnects lazily), so calls fail with ``BackendUnavailable`` while the server is
+away and work again once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from ._context import backend_scope
+from ._exceptions import BackendUnavailable, KeyExists, RevisionMismatch
+from ._postgres_sql import (
+    ADVISORY_LOCK_CLASS,
+    TableNames,
+    regclass_literal,
+    schema_sql,
+    shape_problems,
+)
+from ._types import Entry, check_key
+from ._unwrap import bare_exceptions
+from ._urls import (
+    DEFAULT_TABLE,
+    check_table_name,
+    dsn_address,
+    dsn_secrets,
+    parse_postgres_url,
+    scrub,
+)
+from .abc import Backend
+
+__all__ = ["PostgresBackend", "open_postgres_backend"]
+
+logger = logging.getLogger("trio_noleader")
+
+T = TypeVar("T")
+
+#: Default seconds for one connection attempt: an unreachable server fails fast.
+CONNECT_TIMEOUT = 5.0
+#: Default number of pooled connections for the protocol's statements.
+POOL_SIZE = 4
+#: Seconds between two checks that the LISTEN connection is alive, while watched.
+LISTEN_PING_INTERVAL = 5.0
+#: The longest lease TTL in seconds (about 31 years), far inside timestamptz's range.
+MAX_TTL = 10**9
+
+# Errors from asyncpg that mean "the store did not answer usefully (now)". A
+# DataError is an argument asyncpg could not encode: a bug, not an outage.
+_TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError,
+              asyncpg.exceptions.InternalClientError)
+
+
+def _describe(exc: BaseException, secrets: list[str]) -> str:
+    name = type(exc).__name__
+    text = str(exc).strip()
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate:
+        name = f"{name} [{sqlstate}]"
+    return scrub(f"{name}: {text}" if text and text != name else name, secrets)
+
+
+def _check_ttl(ttl: object) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError(f"ttl must be a number of seconds, got {type(ttl).__name__}: {ttl!r:.80}")
+    if not (math.isfinite(ttl) and 0 < ttl <= MAX_TTL):
+        raise ValueError(f"ttl={ttl!r}: must be a finite number of seconds > 0 and at most "
+                         f"{MAX_TTL:g} (PostgreSQL backend)")
+    return float(ttl)
+
+
+def _micros(ttl: float) -> int:
+    # Rounded up: the store never keeps a lease shorter than its holder counts on.
+    return max(1, math.ceil(ttl * 1_000_000))
+
+
+def _check_revision(revision: object) -> int:
+    if isinstance(revision, bool) or not isinstance(revision, int):
+        raise TypeError(f"revision must be an int, got {type(revision).__name__}: "
+                        f"{revision!r:.80}")
+    return revision
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A live row as one read saw it."""
+
+    entry: Entry
+    term: int
+    #: The entry's expiry, as seconds from the moment of the read (the server's count).
+    remaining: float
+
+
+class _Listener:
+    """The one LISTEN connection of a backend, shared by all its watches.
+
+    Notifications arrive on the asyncio loop, in trio's thread: the callback wakes
+    the key's waiters by setting a :class:`trio.Event` (each event serves one round:
+    waiters take a fresh one before each read).
+    """
+
+    def __init__(self, conn: Any, channel: str) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.events: dict[str, trio.Event] = {}
+        self.broken: BaseException | None = None
+        self.watchers = 0
+
+    def event(self, key: str) -> trio.Event:
+        event = self.events.get(key)
+        if event is None:
+            event = self.events[key] = trio.Event()
+        return event
+
+    def notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        event = self.events.pop(payload, None)
+        if event is not None:
+            event.set()
+
+    def terminated(self, conn: Any) -> None:
+        self.fail(ConnectionError("the LISTEN connection was closed"))
+
+    def fail(self, exc: BaseException) -> None:
+        if self.broken is None:
+            self.broken = exc
+        events, self.events = self.events, {}
+        for event in events.values():
+            event.set()
+
+
+class PostgresBackend(Backend):
+    """A PostgreSQL table as a lease store. Made by :func:`open_postgres_backend`.
+
+    Revisions come from the table's sequence: they grow across all keys, and a new
+    table's first one is the server's wall clock in microseconds. TTLs run on the
+    server's clock. Methods are trio-async; each is one statement on the backend's
+    trio-asyncio loop.
+
+    Attributes:
+        table (str): The lease table, ``schema.table``.
+        channel (str): The NOTIFY channel of its writes (the payload is the key).
+        pool (asyncpg.Pool): The connection pool (an escape hatch: use it from
+            asyncio code, for example through
+            ``trio_asyncio.aio_as_trio(..., loop=backend.loop)``).
+        loop: The trio-asyncio loop the pool lives on.
+    """
+
+    def __init__(self, *, loop: Any, pool: Any, names: TableNames, dsn: str,
+                 address: str, secrets: list[str], connect_options: dict[str, Any]) -> None:
+        self.loop = loop
+        self.pool = pool
+        self._names = names
+        self._dsn = dsn
+        self._address = address
+        self._secrets = secrets
+        self._connect_options = connect_options
+        self._listener: _Listener | None = None
+        self._listener_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+
+    @property
+    def table(self) -> str:
+        return self._names.qualified
+
+    @property
+    def channel(self) -> str:
+        return self._names.channel
+
+    @property
+    def fence_sql(self) -> str:
+        """The lease check for a fenced write: run it first in the write's transaction.
+
+        ``$1`` is the key and ``$2`` the leadership's token. It returns one row while
+        that term still holds an unexpired lease, and locks the lease row
+        (``FOR SHARE``) until the transaction ends, so the lease cannot pass to
+        another candidate before the write commits. No row: roll back. Keep such
+        transactions short: the holder's own renewals wait for them too.
+        """
+        return self._names.fence_sql
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<PostgresBackend table={self.table!r} address={self._address!r}{state}>"
+
+    def check_ttl(self, ttl: float) -> None:
+        """Refuse a ttl over :data:`MAX_TTL` seconds (and any that is not > 0)."""
+        _check_ttl(ttl)
+
+    # -- bridging ------------------------------------------------------------------
+
+    async def _call(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run the asyncio coroutine function *fn* on our loop; map transport errors."""
+        if self._closed:
+            raise trio.ClosedResourceError(f"{self!r} is closed")
+        try:
+            result: T = await trio_asyncio.aio_as_trio(fn, loop=self.loop)(*args)
+        except asyncpg.DataError:
+            raise
+        except _TRANSIENT as exc:
+            raise BackendUnavailable(
+                f"{what} at {self._address}: {_describe(exc, self._secrets)}") from exc
+        except asyncio.CancelledError as exc:
+            # trio's own cancellation arrives as trio.Cancelled; this one came from
+            # the asyncio side (the loop shutting down under us).
+            raise BackendUnavailable(f"{what}: the asyncio loop cancelled the call") from exc
+        return result
+
+    async def _aio_fetchrow(self, sql: str, *args: Any) -> Any:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchrow(sql, *args)
+
+    async def _aio_fetch(self, sql: str, *args: Any) -> Any:
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(sql, *args)
+
+    async def _fetchrow(self, what: str, sql: str, *args: Any) -> Any:
+        return await self._call(what, self._aio_fetchrow, sql, *args)
+
+    # -- the protocol --------------------------------------------------------------
+
+    async def create(self, key: str, value: bytes, *, ttl: float) -> int:
+        """Store *value* under *key* only if no live entry exists there.
+
+        Raises:
+            KeyExists: if a live entry exists.
+            BackendUnavailable: if the server could not be reached or failed (the
+                write may still have been applied).
+        """
+        check_key(key)
+        micros = _micros(_check_ttl(ttl))
+        row = await self._fetchrow(f"create {key!r}", self._names.create_sql, key,
+                                   bytes(value), micros)
+        if row is None:
+            raise KeyExists(key)
+        return int(row[0])
+
+    async def update(self, key: str, value: bytes, *, revision: int, ttl: float) -> int:
+        """Replace the live entry at exactly *revision*; its ttl restarts now.
+
+        Raises:
+            RevisionMismatch: if there is no live entry or its revision differs.
+            BackendUnavailable: as for :meth:`create`.
+        """
+        check_key(key)
+        micros = _micros(_check_ttl(ttl))
+        row = await self._fetchrow(f"update {key!r}", self._names.update_sql, key,
+                                   bytes(value), _check_revision(revision), micros)
+        if row is None:
+            raise RevisionMismatch(f"{key}: no live entry at revision {revision}")
+        return int(row[0])
+
+    async def delete(self, key: str, *, revision: int) -> None:
+        """Delete the live entry at exactly *revision*.
+
+        Raises:
+            RevisionMismatch: if there is no live entry or its revision differs.
+            BackendUnavailable: as for :meth:`create`.
+        """
+        check_key(key)
+        row = await self._fetchrow(f"delete {key!r}", self._names.delete_sql, key,
+                                   _check_revision(revision))
+        if row is None:
+            raise RevisionMismatch(f"{key}: no live entry at revision {revision}")
+
+    async def _read(self, key: str) -> _Row | None:
+        row = await self._fetchrow(f"get {key!r}", self._names.get_sql, key)
+        if row is None:
+            return None
+        remaining = max(0.0, float(row[3]))
+        return _Row(Entry(key, bytes(row[0]), int(row[1]), remaining), int(row[2]), remaining)
+
+    async def get(self, key: str) -> Entry | None:
+        """Return the live entry under *key* (with ``expires_in``), or ``None``."""
+        check_key(key)
+        row = await self._read(key)
+        return None if row is None else row.entry
+
+    async def keys(self) -> list[str]:
+        """Return the keys that hold a live entry, sorted."""
+        rows = await self._call("keys", self._aio_fetch, self._names.keys_sql)
+        return sorted(str(row[0]) for row in rows)
+
+    def watch(self, key: str) -> AbstractAsyncContextManager[AsyncIterator[Entry | None]]:
+        """Watch *key*: the current state first, then every change, expiry included.
+
+        Writes are seen when their NOTIFY arrives (at commit), an expiry when the
+        time the server gave the entry has passed.
+
+        Raises (on iteration):
+            BackendUnavailable: if the LISTEN connection or a read fails.
+        """
+        check_key(key)
+        if self._closed:
+            raise trio.ClosedResourceError(f"{self!r} is closed")
+        return self._watch(key)
+
+    @asynccontextmanager
+    async def _watch(self, key: str) -> AsyncGenerator[AsyncIterator[Entry | None], None]:
+        listener = await self._get_listener()
+        listener.watchers += 1
+        iterator = self._iterate(key, listener)
+        try:
+            yield iterator
+        finally:
+            listener.watchers -= 1
+            await iterator.aclose()
+
+    async def _iterate(self, key: str, listener: _Listener
+                       ) -> AsyncGenerator[Entry | None, None]:
+        last: _Row | None = None
+        first = True
+        while True:
+            if listener.broken is not None:
+                raise BackendUnavailable(
+                    f"watch of {key!r} at {self._address}: lost the LISTEN connection "
+                    f"({_describe(listener.broken, self._secrets)})") from listener.broken
+            # Taken before the read: a change committed after the read sets it.
+            changed = listener.event(key)
+            row = await self._read(key)
+            read_at = trio.current_time()
+            if first:
+                first = False
+                yield None if row is None else row.entry
+            elif row is None:
+                if last is not None:
+                    yield None
+            elif last is None or row.entry.revision != last.entry.revision:
+                if last is not None and row.term != last.term:
+                    # A new term means the key was vacant in between.
+                    yield None
+                yield row.entry
+            last = row
+            with trio.move_on_at(math.inf if row is None else read_at + row.remaining):
+                await changed.wait()
+
+    # -- the LISTEN connection -----------------------------------------------------
+
+    async def _get_listener(self) -> _Listener:
+        async with self._listener_lock:
+            listener = self._listener
+            if listener is not None and listener.broken is None:
+                return listener
+            if listener is not None:
+                self._listener = None
+                await self._drop_listener(listener)
+            conn = await self._call("LISTEN", self._aio_connect)
+            listener = _Listener(conn, self.channel)
+            try:
+                await self._call("LISTEN", conn.add_listener, self.channel, listener.notified)
+            except BaseException:
+                await self._drop_listener(listener)
+                raise
+            conn.add_termination_listener(listener.terminated)
+            self._listener = listener
+            if self._nursery is not None:
+                self._nursery.start_soon(self._keep_listening, listener)
+            return listener
+
+    async def _aio_connect(self) -> Any:
+        return await asyncpg.connect(self._dsn, **self._connect_options)
+
+    async def _keep_listening(self, listener: _Listener) -> None:
+        """Check that an idle LISTEN connection still answers; break it if not.
+
+        A server restart closes the socket and is noticed at once; this is for the
+        quieter failures (a host gone away, a half-open TCP connection).
+        """
+        timeout = self._connect_options.get("timeout", CONNECT_TIMEOUT)
+        while listener.broken is None:
+            await trio.sleep(LISTEN_PING_INTERVAL)
+            if listener.broken is not None or not listener.watchers:
+                continue
+            try:
+                with trio.fail_after(timeout):
+                    await self._call("LISTEN ping", listener.conn.fetchval, "SELECT 1")
+            except (BackendUnavailable, trio.TooSlowError) as exc:
+                listener.fail(exc)
+
+    async def _drop_listener(self, listener: _Listener) -> None:
+        listener.fail(ConnectionError("closed"))
+        with trio.move_on_after(2, shield=True):
+            try:
+                await trio_asyncio.aio_as_trio(listener.conn.close, loop=self.loop)()
+            except (*_TRANSIENT, asyncio.CancelledError):
+                pass
+            return
+        listener.conn.terminate()
+
+    async def aclose(self) -> None:
+        """Close the LISTEN connection and the pool. Later calls raise
+        :exc:`trio.ClosedResourceError`. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await self._drop_listener(listener)
+        with trio.move_on_after(5, shield=True):
+            try:
+                await trio_asyncio.aio_as_trio(self.pool.close, loop=self.loop)()
+            except (*_TRANSIENT, asyncio.CancelledError):
+                self.pool.terminate()
+            logger.debug("closed %r", self)
+            return
+        self.pool.terminate()
+
+
+# -- opening -----------------------------------------------------------------------
+
+
+async def _noop_reset(conn: Any) -> None:
+    """Pool reset hook: our statements leave no session state behind."""
+
+
+async def _aio_open_pool(dsn: str, pool_size: int, options: dict[str, Any]) -> Any:
+    # min_size=1: the first connection is made now, so a bad address, a refused
+    # login or a missing database fail the open rather than the first election.
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size,
+                                     reset=_noop_reset, **options)
+
+
+async def _aio_setup(pool: Any, schema: str | None, table: str) -> tuple[TableNames, list[str]]:
+    """Create the table if absent, check its shape; return its names and problems."""
+    literal = regclass_literal(schema, table)
+    async with pool.acquire() as conn, conn.transaction():
+        # Several processes may open a fresh table at once: one creates it.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1::int, hashtext(coalesce($2, current_schema())"
+            " || '.' || $3))", ADVISORY_LOCK_CLASS, schema, table)
+        if await conn.fetchval("SELECT to_regclass($1)", literal) is None:
+            if schema is None and await conn.fetchval("SELECT current_schema()") is None:
+                raise BackendUnavailable(
+                    "no schema to create the lease table in (the search_path names none "
+                    "that exists): name one, as in table='myschema.leases'")
+            for statement in schema_sql(schema, table):
+                await conn.execute(statement)
+            logger.info("created the lease table %s", table)
+        info = await conn.fetchrow(
+            "SELECT c.oid, n.nspname, c.relkind::text FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)", literal)
+        oid, names = info[0], TableNames(str(info[1]), table)
+        columns = await conn.fetch(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute "
+            "WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped", oid)
+        primary_key = await conn.fetchval(
+            "SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_index i JOIN pg_attribute "
+            "a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = $1 AND i.indisprimary", oid)
+        sequence = await conn.fetchrow(
+            "SELECT format_type(seqtypid, NULL) AS type, seqincrement AS increment, "
+            "seqcycle AS cycle FROM pg_sequence WHERE seqrelid = to_regclass($1)",
+            names.sequence_sql)
+        problems = shape_problems([(str(r[0]), str(r[1]), bool(r[2])) for r in columns],
+                                  list(primary_key or []), str(info[2]),
+                                  None if sequence is None else dict(sequence))
+        if not problems:
+            # Tokens never go back, even if someone reset the sequence by hand.
+            await conn.execute(
+                f"SELECT setval('{names.sequence_sql}', greatest("
+                f"(SELECT last_value FROM {names.sequence_sql}), "
+                f"(SELECT coalesce(max(revision), 1) FROM {names.table_sql})))")
+    return names, problems
+
+
+@asynccontextmanager
+async def open_postgres_backend(
+    dsn: str,
+    *,
+    table: str = DEFAULT_TABLE,
+    pool_size: int = POOL_SIZE,
+    **connect_options: Any,
+) -> AsyncIterator[PostgresBackend]:
+    """Open a PostgreSQL lease table as the store, and make it the default backend.
+
+    Runs asyncpg on a trio-asyncio loop: the one already running in this task
+    (from ``trio_asyncio.open_loop()``), else a loop of its own for the block.
+    Inside the block the backend is the default of ``hold_leadership`` and friends.
+
+    On open it connects, then creates the table and its sequence if they are
+    absent (under an advisory lock, so any number of processes may open a new
+    table together), and checks an existing table's shape: one of another shape
+    is refused before any election. The schema is in README.rst.
+
+    Example::
+
+        async with trio_noleader.open_postgres_backend("postgresql://app@db/app"):
+            async with trio_noleader.hold_leadership("scheduler") as lead:
+                ...
+
+    Args:
+        dsn (str): A libpq-style URL, ``postgresql://user:password@host:port/db``
+            (``postgres://`` too; query parameters such as ``sslmode`` are asyncpg's).
+        table (str): The lease table, ``name`` or ``schema.name`` (lower-case SQL
+            identifiers).
+        pool_size (int): Most connections the pool opens for the protocol's
+            statements (1 to 100); watches use one more.
+        **connect_options: Passed to ``asyncpg.connect``: ``password``, ``ssl``,
+            ``server_settings``, ``statement_cache_size``, ... Defaults here:
+            ``timeout=5`` (seconds per connection attempt).
+
+    Raises:
+        ValueError, TypeError: for bad arguments, before any I/O.
+        BackendUnavailable: if the server cannot be reached, refuses the login or
+            lacks the database (the cause chained), or the table has another
+            shape. Messages name the server, never a password.
+
+    Exceptions come out bare, never wrapped in an ``ExceptionGroup``.
+    """
+    if not isinstance(dsn, str):
+        raise TypeError(f"dsn must be a str, got {type(dsn).__name__}: {dsn!r:.80}")
+    checked, url_table = parse_postgres_url(dsn)
+    if checked != dsn or url_table != DEFAULT_TABLE:
+        raise ValueError(f"dsn {dsn_address(dsn)!r}: pass the table as table=..., not in "
+                         "the DSN (table= in a URL is for open_backend)")
+    schema, name = check_table_name(table)
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) \
+            or not 1 <= pool_size <= 100:
+        raise ValueError(f"pool_size={pool_size!r}: must be an int from 1 to 100")
+    if "dsn" in connect_options:
+        raise TypeError("pass the DSN as the first argument, not dsn=")
+    options = {"timeout": CONNECT_TIMEOUT, **connect_options}
+    address = dsn_address(dsn)
+    secrets = dsn_secrets(dsn, options)
+
+    with bare_exceptions():
+        async with AsyncExitStack() as stack:
+            loop = trio_asyncio.current_loop.get()
+            if loop is None or loop.is_closed():
+                loop = await stack.enter_async_context(trio_asyncio.open_loop())
+            bridge = trio_asyncio.aio_as_trio
+            try:
+                pool = await bridge(_aio_open_pool, loop=loop)(dsn, pool_size, options)
+            except asyncpg.DataError:
+                raise
+            except (*_TRANSIENT, asyncio.CancelledError, ValueError) as exc:
+                raise BackendUnavailable(
+                    f"cannot connect to PostgreSQL at {address}: "
+                    f"{_describe(exc, secrets)}") from exc
+            backend = PostgresBackend(loop=loop, pool=pool, names=TableNames("", name),
+                                      dsn=dsn, address=address, secrets=secrets,
+                                      connect_options=options)
+            stack.push_async_callback(backend.aclose)
+            try:
+                names, problems = await bridge(_aio_setup, loop=loop)(pool, schema, name)
+            except (*_TRANSIENT, asyncio.CancelledError) as exc:
+                raise BackendUnavailable(
+                    f"setting up the lease table {table!r} at {address}: "
+                    f"{_describe(exc, secrets)}") from exc
+            if problems:
+                raise BackendUnavailable(
+                    f"the table {names.qualified} at {address} is not a trio-noleader "
+                    f"lease table: {'; '.join(problems)} (use another table=, or see "
+                    "README.rst for the schema)")
+            backend._names = names
+            logger.debug("opened %r", backend)
+            async with trio.open_nursery() as nursery:
+                backend._nursery = nursery
+                try:
+                    async with backend_scope(backend):
+                        yield backend
+                finally:
+                    backend._nursery = None
+                    nursery.cancel_scope.cancel()
