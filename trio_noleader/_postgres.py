@@ -198,9 +198,9 @@ class PostgresBackend(Backend):
 
         ``$1`` is the key and ``$2`` the leadership's token. It returns one row while
         that term still holds an unexpired lease, and locks the lease row
-        (``FOR SHARE``) until the transaction ends, so the lease cannot pass to
-        another candidate before the write commits. No row: roll back. Keep such
-        transactions short: the holder's own renewals wait for them too.
+        (``FOR KEY SHARE``) until the transaction ends, so the lease cannot pass to
+        another candidate before the write commits. No row: roll back. The
+        holder's renewals do not wait for the lock; a successor's create does.
         """
         return self._names.fence_sql
 
@@ -439,10 +439,19 @@ async def _noop_reset(conn: Any) -> None:
 
 
 async def _aio_open_pool(dsn: str, pool_size: int, options: dict[str, Any]) -> Any:
-    # min_size=1: the first connection is made now, so a bad address, a refused
-    # login or a missing database fail the open rather than the first election.
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size,
+    # min_size=0: asyncpg would otherwise keep reconnecting during an outage and log
+    # a traceback for every attempt; connections are made when a call needs one.
+    pool = await asyncpg.create_pool(dsn, min_size=0, max_size=pool_size,
                                      reset=_noop_reset, **options)
+    try:
+        # The first connection now: a bad address, a refused login or a missing
+        # database fail the open rather than the first election.
+        async with pool.acquire():
+            pass
+    except BaseException:
+        pool.terminate()
+        raise
+    return pool
 
 
 async def _aio_setup(pool: Any, schema: str | None, table: str) -> tuple[TableNames, list[str]]:
@@ -542,8 +551,6 @@ async def open_postgres_backend(
     if isinstance(pool_size, bool) or not isinstance(pool_size, int) \
             or not 1 <= pool_size <= 100:
         raise ValueError(f"pool_size={pool_size!r}: must be an int from 1 to 100")
-    if "dsn" in connect_options:
-        raise TypeError("pass the DSN as the first argument, not dsn=")
     options = {"timeout": CONNECT_TIMEOUT, **connect_options}
     address = dsn_address(dsn)
     secrets = dsn_secrets(dsn, options)

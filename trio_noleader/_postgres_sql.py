@@ -92,8 +92,11 @@ class TableNames:
             f"WITH w AS (INSERT INTO {self.table_sql} AS l "
             "(key, value, revision, term, expires_at) "
             f"SELECT $1, $2, s.n, s.n, {self._expiry('$3')} FROM ({fresh}) s "
-            "ON CONFLICT (key) DO UPDATE SET (value, revision, term, expires_at) = "
-            f"(SELECT $2, t.n, t.n, {self._expiry('$3')} FROM ({fresh}) t) "
+            # Naming the key among the columns set makes this take the row's FOR UPDATE
+            # lock, which waits for fenced transactions (FOR KEY SHARE): no new term
+            # begins until they end. Renewals set no key and do not wait for them.
+            "ON CONFLICT (key) DO UPDATE SET (key, value, revision, term, expires_at) = "
+            f"(SELECT $1, $2, t.n, t.n, {self._expiry('$3')} FROM ({fresh}) t) "
             "WHERE l.expires_at <= clock_timestamp() "
             "RETURNING l.revision) "
             f"SELECT w.revision, pg_notify('{self.channel}', $1) FROM w"
@@ -135,10 +138,14 @@ class TableNames:
 
     @property
     def fence_sql(self) -> str:
-        """$1 key, $2 token -> one row while that term holds the lease (locks it)."""
+        """$1 key, $2 token -> one row while that term holds the lease.
+
+        ``FOR KEY SHARE`` holds off the next term's create (see :attr:`create_sql`)
+        until the transaction ends, and lets the holder's renewals through.
+        """
         return (
             f"SELECT 1 FROM {self.table_sql} WHERE key = $1 AND term = $2 "
-            "AND expires_at > clock_timestamp() FOR SHARE"
+            "AND expires_at > clock_timestamp() FOR KEY SHARE"
         )
 
 
