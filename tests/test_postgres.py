@@ -413,6 +413,22 @@ async def test_tokens_grow_across_a_dropped_and_recreated_table(
     assert new < 2**63
 
 
+async def test_a_table_dropped_under_a_running_backend_comes_back(
+    request: pytest.FixtureRequest,
+) -> None:
+    async with open_test_backend(request) as store:
+        async with hold_leadership(KEY, backend=store, ttl=5) as lead:
+            old = lead.token
+        await drop_table(store)
+        # An outage for the call that finds it gone, never the same store quietly.
+        with pytest.raises(BackendUnavailable, match="is gone"):
+            await store.get(KEY)
+        assert await store.keys() == []
+        async with hold_leadership(KEY, backend=store, ttl=5) as lead:
+            new = lead.token
+    assert new > old
+
+
 # -- the fencing recipe ----------------------------------------------------------------
 
 

@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"noleader {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=None,
-                        help="store URL: sqlite:///path, nats://host:port/bucket, memory://")
+                        help="store URL: sqlite:///path, nats://host:port/bucket, "
+                             "postgresql://user:pw@host/db, memory://")
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="run a command only while leader",

@@ -183,6 +183,8 @@ class PostgresBackend(Backend):
         self._listener_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._closed = False
+        # Set when the table was found gone: the next call creates it again first.
+        self._table_gone = False
 
     @property
     def table(self) -> str:
@@ -222,6 +224,14 @@ class PostgresBackend(Backend):
             result: T = await trio_asyncio.aio_as_trio(fn, loop=self.loop)(*args)
         except asyncpg.DataError:
             raise
+        except asyncpg.UndefinedTableError as exc:
+            # Dropped under us. A table created anew starts its tokens above the old
+            # ones (the wall clock), so the next call may create it again.
+            self._table_gone = True
+            raise BackendUnavailable(
+                f"{what} at {self._address}: the table {self.table} is gone (dropped?); "
+                f"it is created again on the next call: {_describe(exc, self._secrets)}"
+            ) from exc
         except _TRANSIENT as exc:
             raise BackendUnavailable(
                 f"{what} at {self._address}: {_describe(exc, self._secrets)}") from exc
@@ -230,6 +240,19 @@ class PostgresBackend(Backend):
             # the asyncio side (the loop shutting down under us).
             raise BackendUnavailable(f"{what}: the asyncio loop cancelled the call") from exc
         return result
+
+    async def _recreate(self) -> None:
+        """Create the table again after it was dropped (see :meth:`_call`)."""
+        names, problems = await self._call(
+            "creating the lease table again", _aio_setup, self.pool,
+            self._names.schema, self._names.table)
+        if problems:
+            raise BackendUnavailable(
+                f"the table {names.qualified} at {self._address} was replaced by one that "
+                f"is not a trio-noleader lease table: {'; '.join(problems)}")
+        self._table_gone = False
+        logger.warning("the lease table %s at %s was dropped; created it again",
+                       names.qualified, self._address)
 
     async def _aio_fetchrow(self, sql: str, *args: Any) -> Any:
         async with self.pool.acquire() as conn:
@@ -240,6 +263,8 @@ class PostgresBackend(Backend):
             return await conn.fetch(sql, *args)
 
     async def _fetchrow(self, what: str, sql: str, *args: Any) -> Any:
+        if self._table_gone:
+            await self._recreate()
         return await self._call(what, self._aio_fetchrow, sql, *args)
 
     # -- the protocol --------------------------------------------------------------
@@ -303,6 +328,8 @@ class PostgresBackend(Backend):
 
     async def keys(self) -> list[str]:
         """Return the keys that hold a live entry, sorted."""
+        if self._table_gone:
+            await self._recreate()
         rows = await self._call("keys", self._aio_fetch, self._names.keys_sql)
         return sorted(str(row[0]) for row in rows)
 
