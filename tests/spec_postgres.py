@@ -11,7 +11,8 @@ import trio
 import trio_asyncio
 from harness import BackendSpec
 
-from trio_noleader._postgres import PostgresBackend, open_postgres_backend
+from trio_noleader._postgres import PostgresBackend
+from trio_noleader._postgres_setup import open_postgres_backend
 from trio_noleader.abc import Backend
 
 

@@ -27,7 +27,8 @@ LAYERS: list[set[str]] = [
     {"_version", "_exceptions", "_types", "_util", "_unwrap", "_urls"},
     {"abc"},
     {"_release", "_context", "_hub", "_batch"},
-    {"_aio", "_memory", "_sqlite", "_nats", "_nats_setup", "_open"},
+    {"_aio", "_memory", "_sqlite", "_nats", "_nats_setup", "_postgres_sql", "_postgres",
+     "_postgres_setup", "_open"},
     {"_campaign", "_election"},
     {"_helpers"},
     {"testing._faults", "testing._fence", "testing._schedule", "testing._trace",
@@ -40,6 +41,7 @@ LAYERS: list[set[str]] = [
 #: Third-party imports allowed only in these modules (the optional extras).
 EXTRAS: dict[str, set[str]] = {
     "nats": {"_nats", "_nats_setup"},
+    "asyncpg": {"_postgres", "_postgres_setup"},
     "trio_asyncio": {"_aio", "_nats", "_nats_setup"},
     "hypothesis": {"testing._strategies"},
 }
@@ -202,11 +204,13 @@ def test_public_classes_have_public_qualnames() -> None:
 
 
 def test_lazy_names_do_not_import_the_extra_early() -> None:
-    # A fresh interpreter: importing trio_noleader must not import nats.
+    # A fresh interpreter: importing trio_noleader must not import nats or asyncpg.
     code = ("import sys, trio_noleader, trio_noleader.testing; "
             "assert 'nats' not in sys.modules and 'trio_asyncio' not in sys.modules "
+            "and 'asyncpg' not in sys.modules "
             "and 'hypothesis' not in sys.modules, sorted(sys.modules); "
-            "assert 'NatsBackend' in dir(trio_noleader)")
+            "assert 'NatsBackend' in dir(trio_noleader); "
+            "assert 'PostgresBackend' in dir(trio_noleader)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ._nats import NatsBackend as NatsBackend
     from ._nats_setup import open_nats_backend as open_nats_backend
     from ._postgres import PostgresBackend as PostgresBackend
-    from ._postgres import open_postgres_backend as open_postgres_backend
+    from ._postgres_setup import open_postgres_backend as open_postgres_backend
 
 __all__ = [
     "BackendUnavailable",
@@ -66,7 +66,7 @@ _LAZY = {
     "NatsBackend": "._nats",
     "open_nats_backend": "._nats_setup",
     "PostgresBackend": "._postgres",
-    "open_postgres_backend": "._postgres",
+    "open_postgres_backend": "._postgres_setup",
 }
 
 

@@ -45,7 +45,7 @@ async def open_backend(url: str) -> AsyncIterator[Backend]:
             yield backend
     elif kind == "postgres":
         dsn, table = parse_postgres_url(url)
-        from ._postgres import open_postgres_backend
+        from ._postgres_setup import open_postgres_backend
 
         async with open_postgres_backend(dsn, table=table) as backend:
             yield backend

@@ -1,9 +1,11 @@
 """PostgreSQL backend: a lease table reached through asyncpg on trio-asyncio.
 
-asyncpg is an asyncio library: every call into it goes through
-``trio_asyncio.aio_as_trio`` on the loop the backend was opened with, as the NATS
-backend does with nats-py. This is the only module that imports ``asyncpg`` (the
-``postgres`` extra); the SQL text lives in :mod:`trio_noleader._postgres_sql`.
+asyncpg is an asyncio library: every call into it goes through the trio-asyncio
+bridge (:mod:`trio_noleader._aio`) on the loop the backend was opened with, as the
+NATS backend does with nats-py. This module is the protocol and its watch;
+:mod:`trio_noleader._postgres_setup` connects and provisions the table, and
+:mod:`trio_noleader._postgres_sql` holds the SQL text. Only these two modules
+import ``asyncpg`` (the ``postgres`` extra).
 
 Every protocol call is one statement, one round trip, on a connection from a small
 asyncpg pool (a slow statement, say one waiting for a row lock that a fenced
@@ -26,15 +28,14 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
 import trio
-import trio_asyncio
 
-from ._context import backend_scope
+from . import _aio
 from ._exceptions import BackendUnavailable, KeyExists, RevisionMismatch
 from ._postgres_sql import (
     ADVISORY_LOCK_CLASS,
@@ -43,19 +44,11 @@ from ._postgres_sql import (
     schema_sql,
     shape_problems,
 )
-from ._types import Entry, check_key
-from ._unwrap import bare_exceptions
-from ._urls import (
-    DEFAULT_TABLE,
-    check_table_name,
-    dsn_address,
-    dsn_secrets,
-    parse_postgres_url,
-    scrub,
-)
+from ._types import Entry, check_key, check_seconds, check_type
+from ._urls import scrub
 from .abc import Backend
 
-__all__ = ["PostgresBackend", "open_postgres_backend"]
+__all__ = ["PostgresBackend"]
 
 logger = logging.getLogger("trio_noleader")
 
@@ -86,12 +79,11 @@ def _describe(exc: BaseException, secrets: list[str]) -> str:
 
 
 def _check_ttl(ttl: object) -> float:
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise TypeError(f"ttl must be a number of seconds, got {type(ttl).__name__}: {ttl!r:.80}")
-    if not (math.isfinite(ttl) and 0 < ttl <= MAX_TTL):
-        raise ValueError(f"ttl={ttl!r}: must be a finite number of seconds > 0 and at most "
-                         f"{MAX_TTL:g} (PostgreSQL backend)")
-    return float(ttl)
+    seconds = check_seconds("ttl", ttl)
+    if seconds > MAX_TTL:
+        raise ValueError(f"ttl={ttl!r}: the PostgreSQL backend keeps leases of at most "
+                         f"{MAX_TTL:g} seconds")
+    return seconds
 
 
 def _micros(ttl: float) -> int:
@@ -100,10 +92,7 @@ def _micros(ttl: float) -> int:
 
 
 def _check_revision(revision: object) -> int:
-    if isinstance(revision, bool) or not isinstance(revision, int):
-        raise TypeError(f"revision must be an int, got {type(revision).__name__}: "
-                        f"{revision!r:.80}")
-    return revision
+    return check_type("revision", revision, int, "an int")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +156,7 @@ class PostgresBackend(Backend):
         pool (asyncpg.Pool): The connection pool (an escape hatch: use it from
             asyncio code, for example through
             ``trio_asyncio.aio_as_trio(..., loop=backend.loop)``).
+        fence_sql (str): The lease check of a fenced write (see the property).
         loop: The trio-asyncio loop the pool lives on.
     """
 
@@ -221,7 +211,7 @@ class PostgresBackend(Backend):
         if self._closed:
             raise trio.ClosedResourceError(f"{self!r} is closed")
         try:
-            result: T = await trio_asyncio.aio_as_trio(fn, loop=self.loop)(*args)
+            result: T = await _aio.call(self.loop, fn, *args)
         except asyncpg.DataError:
             raise
         except asyncpg.UndefinedTableError as exc:
@@ -433,7 +423,7 @@ class PostgresBackend(Backend):
         listener.fail(ConnectionError("closed"))
         with trio.move_on_after(2, shield=True):
             try:
-                await trio_asyncio.aio_as_trio(listener.conn.close, loop=self.loop)()
+                await _aio.call(self.loop, listener.conn.close)
             except (*_TRANSIENT, asyncio.CancelledError):
                 pass
             return
@@ -450,7 +440,7 @@ class PostgresBackend(Backend):
             await self._drop_listener(listener)
         with trio.move_on_after(5, shield=True):
             try:
-                await trio_asyncio.aio_as_trio(self.pool.close, loop=self.loop)()
+                await _aio.call(self.loop, self.pool.close)
             except (*_TRANSIENT, asyncio.CancelledError):
                 self.pool.terminate()
             logger.debug("closed %r", self)
@@ -458,27 +448,7 @@ class PostgresBackend(Backend):
         self.pool.terminate()
 
 
-# -- opening -----------------------------------------------------------------------
-
-
-async def _noop_reset(conn: Any) -> None:
-    """Pool reset hook: our statements leave no session state behind."""
-
-
-async def _aio_open_pool(dsn: str, pool_size: int, options: dict[str, Any]) -> Any:
-    # min_size=0: asyncpg would otherwise keep reconnecting during an outage and log
-    # a traceback for every attempt; connections are made when a call needs one.
-    pool = await asyncpg.create_pool(dsn, min_size=0, max_size=pool_size,
-                                     reset=_noop_reset, **options)
-    try:
-        # The first connection now: a bad address, a refused login or a missing
-        # database fail the open rather than the first election.
-        async with pool.acquire():
-            pass
-    except BaseException:
-        pool.terminate()
-        raise
-    return pool
+# -- the table -------------------------------------------------------------------
 
 
 async def _aio_setup(pool: Any, schema: str | None, table: str) -> tuple[TableNames, list[str]]:
@@ -522,102 +492,3 @@ async def _aio_setup(pool: Any, schema: str | None, table: str) -> tuple[TableNa
                 f"(SELECT last_value FROM {names.sequence_sql}), "
                 f"(SELECT coalesce(max(revision), 1) FROM {names.table_sql})))")
     return names, problems
-
-
-@asynccontextmanager
-async def open_postgres_backend(
-    dsn: str,
-    *,
-    table: str = DEFAULT_TABLE,
-    pool_size: int = POOL_SIZE,
-    **connect_options: Any,
-) -> AsyncIterator[PostgresBackend]:
-    """Open a PostgreSQL lease table as the store, and make it the default backend.
-
-    Runs asyncpg on a trio-asyncio loop: the one already running in this task
-    (from ``trio_asyncio.open_loop()``), else a loop of its own for the block.
-    Inside the block the backend is the default of ``hold_leadership`` and friends.
-
-    On open it connects, then creates the table and its sequence if they are
-    absent (under an advisory lock, so any number of processes may open a new
-    table together), and checks an existing table's shape: one of another shape
-    is refused before any election. The schema is in README.rst.
-
-    Example::
-
-        async with trio_noleader.open_postgres_backend("postgresql://app@db/app"):
-            async with trio_noleader.hold_leadership("scheduler") as lead:
-                ...
-
-    Args:
-        dsn (str): A libpq-style URL, ``postgresql://user:password@host:port/db``
-            (``postgres://`` too; query parameters such as ``sslmode`` are asyncpg's).
-        table (str): The lease table, ``name`` or ``schema.name`` (lower-case SQL
-            identifiers).
-        pool_size (int): Most connections the pool opens for the protocol's
-            statements (1 to 100); watches use one more.
-        **connect_options: Passed to ``asyncpg.connect``: ``password``, ``ssl``,
-            ``server_settings``, ``statement_cache_size``, ... Defaults here:
-            ``timeout=5`` (seconds per connection attempt).
-
-    Raises:
-        ValueError, TypeError: for bad arguments, before any I/O.
-        BackendUnavailable: if the server cannot be reached, refuses the login or
-            lacks the database (the cause chained), or the table has another
-            shape. Messages name the server, never a password.
-
-    Exceptions come out bare, never wrapped in an ``ExceptionGroup``.
-    """
-    if not isinstance(dsn, str):
-        raise TypeError(f"dsn must be a str, got {type(dsn).__name__}: {dsn!r:.80}")
-    checked, url_table = parse_postgres_url(dsn)
-    if checked != dsn or url_table != DEFAULT_TABLE:
-        raise ValueError(f"dsn {dsn_address(dsn)!r}: pass the table as table=..., not in "
-                         "the DSN (table= in a URL is for open_backend)")
-    schema, name = check_table_name(table)
-    if isinstance(pool_size, bool) or not isinstance(pool_size, int) \
-            or not 1 <= pool_size <= 100:
-        raise ValueError(f"pool_size={pool_size!r}: must be an int from 1 to 100")
-    options = {"timeout": CONNECT_TIMEOUT, **connect_options}
-    address = dsn_address(dsn)
-    secrets = dsn_secrets(dsn, options)
-
-    with bare_exceptions():
-        async with AsyncExitStack() as stack:
-            loop = trio_asyncio.current_loop.get()
-            if loop is None or loop.is_closed():
-                loop = await stack.enter_async_context(trio_asyncio.open_loop())
-            bridge = trio_asyncio.aio_as_trio
-            try:
-                pool = await bridge(_aio_open_pool, loop=loop)(dsn, pool_size, options)
-            except asyncpg.DataError:
-                raise
-            except (*_TRANSIENT, asyncio.CancelledError, ValueError) as exc:
-                raise BackendUnavailable(
-                    f"cannot connect to PostgreSQL at {address}: "
-                    f"{_describe(exc, secrets)}") from exc
-            backend = PostgresBackend(loop=loop, pool=pool, names=TableNames("", name),
-                                      dsn=dsn, address=address, secrets=secrets,
-                                      connect_options=options)
-            stack.push_async_callback(backend.aclose)
-            try:
-                names, problems = await bridge(_aio_setup, loop=loop)(pool, schema, name)
-            except (*_TRANSIENT, asyncio.CancelledError) as exc:
-                raise BackendUnavailable(
-                    f"setting up the lease table {table!r} at {address}: "
-                    f"{_describe(exc, secrets)}") from exc
-            if problems:
-                raise BackendUnavailable(
-                    f"the table {names.qualified} at {address} is not a trio-noleader "
-                    f"lease table: {'; '.join(problems)} (use another table=, or see "
-                    "README.rst for the schema)")
-            backend._names = names
-            logger.debug("opened %r", backend)
-            async with trio.open_nursery() as nursery:
-                backend._nursery = nursery
-                try:
-                    async with backend_scope(backend):
-                        yield backend
-                finally:
-                    backend._nursery = None
-                    nursery.cancel_scope.cancel()
