@@ -23,6 +23,21 @@ async def drop_table(backend: PostgresBackend) -> None:
             f"DROP TABLE IF EXISTS {backend.table}")
 
 
+async def drop_tables(url: str, *tables: str) -> None:
+    """Drop tables a test made through another process (tests only), bounded."""
+    import asyncpg
+
+    with trio.move_on_after(10, shield=True):
+        async with trio_asyncio.open_loop() as loop:
+            conn = await trio_asyncio.aio_as_trio(asyncpg.connect, loop=loop)(url)
+            try:
+                for table in tables:
+                    await trio_asyncio.aio_as_trio(conn.execute, loop=loop)(
+                        f"DROP TABLE IF EXISTS {table}")
+            finally:
+                await trio_asyncio.aio_as_trio(conn.close, loop=loop)()
+
+
 @asynccontextmanager
 async def open_test_backend(request: pytest.FixtureRequest,
                             table: str | None = None) -> AsyncIterator[PostgresBackend]:

@@ -233,6 +233,10 @@ async def test_status_and_watch(url: str) -> None:
         (["status", "--url", "nats://user:s3cret@127.0.0.1:1/b"], 122,
          "store unavailable"),
         (["status", "--url", "sqlite:///proc/no/such/dir/x.db"], 122, "/proc/no/such/dir"),
+        (["status", "--url", "postgresql://user:s3cret@127.0.0.1:1/db"], 122,
+         "cannot connect to PostgreSQL at postgresql://user@127.0.0.1:1/db"),
+        (["status", "--url", "postgresql://user:s3cret@h/db?table=Bad"], 2,
+         "invalid table name 'Bad'"),
         (["run", "k", "--", "no-such-command-here"], 127, "cannot run"),
     ],
 )
@@ -246,13 +250,23 @@ async def test_bad_input(args: Sequence[str], code: int, message: str, url: str)
     assert "Traceback" not in out
 
 
-@pytest.mark.parametrize("store", ["sqlite", pytest.param("nats", marks=pytest.mark.nats)])
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("nats", marks=pytest.mark.nats),
+                                   pytest.param("postgres", marks=pytest.mark.postgres)])
 async def test_demo_ends_by_itself(store: str, request: pytest.FixtureRequest) -> None:
     url = []
     if store == "nats":
         url = ["--url", f"{request.getfixturevalue('nats_url')}/demo_{os.getpid()}"]
-    code, out = await run_cli("demo", "--rounds", "1", "--pause", "0.2", "--ttl", "1", *url,
-                              limit=60)
+    elif store == "postgres":
+        table = f"demo_{os.getpid()}_{time.time_ns()}"
+        url = ["--url", f"{request.getfixturevalue('postgres_url')}?table={table}"]
+    try:
+        code, out = await run_cli("demo", "--rounds", "1", "--pause", "0.2", "--ttl", "1",
+                                  *url, limit=60)
+    finally:
+        if store == "postgres":
+            from spec_postgres import drop_tables
+
+            await drop_tables(request.getfixturevalue("postgres_url"), table)
     assert code == 0, out
     assert "graceful handover" in out
     assert "crash failover" in out
@@ -322,3 +336,14 @@ async def _first_started(runners: list[Proc]) -> Proc:
 
                 nursery.start_soon(wait_one)
     return winner[0]
+
+
+@pytest.mark.postgres
+async def test_status_and_watch_on_postgres(postgres_url: str) -> None:
+    from spec_postgres import drop_tables
+
+    table = f"cli_{os.getpid()}_{time.time_ns()}"
+    try:
+        await test_status_and_watch(f"{postgres_url}?table={table}")
+    finally:
+        await drop_tables(postgres_url, table)
