@@ -14,6 +14,7 @@ password (scram-sha-256), so tests can try a wrong one.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import pwd
@@ -21,8 +22,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,28 @@ def binaries() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     return path if (path / "postgres").is_file() else None
+
+
+def _parent_death_hook() -> Callable[[], None] | None:
+    """A child-side function that asks for SIGQUIT (postgres's immediate shutdown)
+    when the parent dies, or None off Linux.
+
+    A test session killed before its fixtures' teardown would otherwise leave the
+    server running. Linux ties the signal to the thread that forks, so only a start
+    from the main thread asks for it (a worker thread may end long before us). libc
+    is loaded here, in the parent: the child may already run as ``nobody``, who
+    cannot read this Python's files.
+    """
+    if not sys.platform.startswith("linux") or \
+            threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGQUIT)
+
+    return hook
 
 
 def _free_port() -> int:
@@ -133,7 +159,8 @@ class PostgresServer:
             if self._as:
                 os.chown(self.logfile, self._as["user"], self._as["group"])
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=log, **self._as)
+                                            stdout=log, stderr=log,
+                                            preexec_fn=_parent_death_hook(), **self._as)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.process.poll() is not None:

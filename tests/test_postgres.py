@@ -391,6 +391,51 @@ async def test_a_server_restart_is_ridden_out(own_server: PostgresServer) -> Non
     assert tokens[1] > tokens[0]
 
 
+# -- watching ----------------------------------------------------------------------------
+
+
+async def test_a_watch_sees_every_write_even_short_terms(request: pytest.FixtureRequest,
+                                                         postgres_url: str) -> None:
+    async with open_test_backend(request) as store, \
+            open_postgres_backend(postgres_url, table=store.table) as writer, \
+            store.watch(KEY) as updates:
+        items = aiter(updates)
+        assert await anext(items) is None
+        with trio.fail_after(20):
+            # Terms far shorter than a round trip: each one is reported, in order.
+            revisions = []
+            for _ in range(20):
+                revisions.append(await writer.create(KEY, b"a" * 16, ttl=30))
+                await writer.delete(KEY, revision=revisions[-1])
+            seen = [await anext(items) for _ in range(40)]
+            assert [None if e is None else e.revision for e in seen] == [
+                x for revision in revisions for x in (revision, None)]
+
+            # A value too long for the NOTIFY payload is read back.
+            long_value = bytes(range(256)) * 20
+            revision = await writer.create(KEY, long_value, ttl=30)
+            entry = await anext(items)
+            assert entry is not None
+            assert (entry.revision, entry.value) == (revision, long_value)
+
+            # A NOTIFY by hand that names only the key: the watch looks again.
+            db = trio_asyncio.aio_as_trio(writer.pool.fetchval, loop=writer.loop)
+            manual = await db(f"UPDATE {store.table} SET revision = nextval("
+                              f"'{store.table}_revision'), value = 'by hand' "
+                              "WHERE key = $1 RETURNING revision", KEY)
+            await db("SELECT pg_notify($1, $2)", store.channel, KEY)
+            entry = await anext(items)
+            assert entry is not None
+            assert (entry.revision, entry.value) == (manual, b"by hand")
+
+            # More notes than a watcher keeps while nobody iterates: it reads back.
+            for _ in range(1100):
+                manual = await writer.update(KEY, b"b" * 24, revision=manual, ttl=30)
+            entry = await anext(items)
+            assert entry is not None
+            assert entry.revision == manual
+
+
 # -- token monotonicity across a re-created table --------------------------------------
 
 

@@ -11,9 +11,11 @@ Every protocol call is one statement, one round trip, on a connection from a sma
 asyncpg pool (a slow statement, say one waiting for a row lock that a fenced
 transaction holds, does not stall the others). Writes carry their own
 ``pg_notify`` in the same statement, so a NOTIFY is sent exactly when a write
-commits. Watches share one extra connection that LISTENs on the table's channel;
-a watcher re-reads its key when notified, and when the entry it reported last
-expires, by a timer set from the server's own count of the time left. Losing that
+commits, and it describes the write (revision, term, ttl, value), so a watch sees
+every write in commit order without reading it back. Watches share one extra
+connection that LISTENs on the table's channel; a watcher reads its key only at
+the start, when the entry it reported last expires (a timer set from the server's
+own count of the time left), and when a note falls short. Losing that
 connection breaks every open watch with :class:`~trio_noleader.BackendUnavailable`
 (the caller watches afresh); the next watch opens a new one.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -105,31 +108,88 @@ class _Row:
     remaining: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Note:
+    """One write to a key, as its NOTIFY tells it (see ``_postgres_sql``)."""
+
+    #: "s": created or renewed; "d": deleted; "r": unknown, read the key back.
+    op: str
+    revision: int = 0
+    term: int = 0
+    ttl: float = 0.0
+    #: None when the value was too long to travel: read it back.
+    value: bytes | None = None
+
+
+def _parse_note(payload: str) -> tuple[str, _Note]:
+    """``(key, note)`` from a NOTIFY payload of our channel."""
+    parts = payload.split(" ")
+    try:
+        if parts[0] == "s" and len(parts) == 6:
+            value = None if parts[4] == "-" else bytes.fromhex(parts[4])
+            return parts[5], _Note("s", int(parts[1]), int(parts[2]), int(parts[3]) / 1e6,
+                                   value)
+        if parts[0] == "d" and len(parts) == 3:
+            return parts[2], _Note("d", int(parts[1]))
+    except ValueError:
+        pass
+    # Someone else's NOTIFY on our channel (say, by hand with the key): look again.
+    return payload, _Note("r")
+
+
+class _Subscription:
+    """The notes of one key for one watcher, in commit order."""
+
+    #: Notes kept unread at most; past that the watcher reads the key back instead.
+    LIMIT = 1000
+
+    def __init__(self) -> None:
+        self.notes: deque[_Note] = deque()
+        self.overflow = False
+        self.wakeup = trio.Event()
+
+    def push(self, note: _Note) -> None:
+        if len(self.notes) >= self.LIMIT:
+            self.notes.clear()
+            self.overflow = True
+        else:
+            self.notes.append(note)
+        self.wakeup.set()
+
+
 class _Listener:
     """The one LISTEN connection of a backend, shared by all its watches.
 
-    Notifications arrive on the asyncio loop, in trio's thread: the callback wakes
-    the key's waiters by setting a :class:`trio.Event` (each event serves one round:
-    waiters take a fresh one before each read).
+    Notifications arrive on the asyncio loop, in trio's thread, in the order their
+    transactions committed; the callback hands each to the subscriptions of its key.
     """
 
     def __init__(self, conn: Any, channel: str) -> None:
         self.conn = conn
         self.channel = channel
-        self.events: dict[str, trio.Event] = {}
+        self.subscriptions: dict[str, set[_Subscription]] = {}
         self.broken: BaseException | None = None
-        self.watchers = 0
 
-    def event(self, key: str) -> trio.Event:
-        event = self.events.get(key)
-        if event is None:
-            event = self.events[key] = trio.Event()
-        return event
+    @property
+    def watchers(self) -> int:
+        return sum(map(len, self.subscriptions.values()))
+
+    def subscribe(self, key: str) -> _Subscription:
+        subscription = _Subscription()
+        self.subscriptions.setdefault(key, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, key: str, subscription: _Subscription) -> None:
+        found = self.subscriptions.get(key)
+        if found is not None:
+            found.discard(subscription)
+            if not found:
+                del self.subscriptions[key]
 
     def notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        event = self.events.pop(payload, None)
-        if event is not None:
-            event.set()
+        key, note = _parse_note(payload)
+        for subscription in self.subscriptions.get(key, ()):
+            subscription.push(note)
 
     def terminated(self, conn: Any) -> None:
         self.fail(ConnectionError("the LISTEN connection was closed"))
@@ -137,9 +197,67 @@ class _Listener:
     def fail(self, exc: BaseException) -> None:
         if self.broken is None:
             self.broken = exc
-        events, self.events = self.events, {}
-        for event in events.values():
-            event.set()
+        for subscriptions in self.subscriptions.values():
+            for subscription in subscriptions:
+                subscription.wakeup.set()
+
+
+class _View:
+    """What a watcher has reported of its key, and how to move it on.
+
+    Every method returns the items to yield (possibly none), or None when a note
+    cannot be applied and the key must be read back. Revisions order everything: a
+    note or read older than what the view knows changes nothing.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.entry: Entry | None = None
+        self.term = 0
+        self.revision = 0
+        #: trio time at which the reported entry expires (the server's count).
+        self.expires = math.inf
+
+    def read(self, row: Any, now: float) -> list[Entry | None]:
+        if row is None:
+            return self._gone()
+        revision, remaining = int(row[1]), float(row[3])
+        if revision < self.revision:
+            return []
+        if not remaining > 0:
+            self.revision = revision
+            return self._gone()
+        return self._set(Entry(self.key, bytes(row[0]), revision, remaining), int(row[2]),
+                         now + remaining)
+
+    def note(self, note: _Note, now: float) -> list[Entry | None] | None:
+        if note.op == "d":
+            if note.revision < self.revision:
+                return []
+            self.revision = note.revision
+            return self._gone()
+        if note.op != "s" or note.value is None:
+            return None
+        if note.revision <= self.revision:
+            return []
+        return self._set(Entry(self.key, note.value, note.revision, note.ttl), note.term,
+                         now + note.ttl)
+
+    def _gone(self) -> list[Entry | None]:
+        if self.entry is None:
+            return []
+        self.entry, self.expires = None, math.inf
+        return [None]
+
+    def _set(self, entry: Entry, term: int, expires: float) -> list[Entry | None]:
+        self.expires = expires
+        if self.entry is not None and entry.revision == self.entry.revision:
+            return []
+        # A new term while an old one was shown: the key was vacant in between.
+        items: list[Entry | None] = [None] if self.entry is not None and term != self.term \
+            else []
+        self.entry, self.term, self.revision = entry, term, entry.revision
+        return [*items, entry]
 
 
 class PostgresBackend(Backend):
@@ -152,7 +270,8 @@ class PostgresBackend(Backend):
 
     Attributes:
         table (str): The lease table, ``schema.table``.
-        channel (str): The NOTIFY channel of its writes (the payload is the key).
+        channel (str): The NOTIFY channel of its writes (the payload describes the
+            write and ends with the key).
         pool (asyncpg.Pool): The connection pool (an escape hatch: use it from
             asyncio code, for example through
             ``trio_asyncio.aio_as_trio(..., loop=backend.loop)``).
@@ -340,41 +459,52 @@ class PostgresBackend(Backend):
     @asynccontextmanager
     async def _watch(self, key: str) -> AsyncGenerator[AsyncIterator[Entry | None], None]:
         listener = await self._get_listener()
-        listener.watchers += 1
-        iterator = self._iterate(key, listener)
+        # Before the first read: no write that commits after it can go unseen.
+        subscription = listener.subscribe(key)
+        iterator = self._iterate(key, listener, subscription)
         try:
             yield iterator
         finally:
-            listener.watchers -= 1
+            listener.unsubscribe(key, subscription)
             await iterator.aclose()
 
-    async def _iterate(self, key: str, listener: _Listener
+    async def _read_back(self, key: str) -> Any:
+        return await self._fetchrow(f"watch {key!r}", self._names.watch_sql, key)
+
+    async def _iterate(self, key: str, listener: _Listener, subscription: _Subscription
                        ) -> AsyncGenerator[Entry | None, None]:
-        last: _Row | None = None
-        first = True
+        view = _View(key)
+        view.read(await self._read_back(key), trio.current_time())
+        yield view.entry
         while True:
             if listener.broken is not None:
                 raise BackendUnavailable(
                     f"watch of {key!r} at {self._address}: lost the LISTEN connection "
                     f"({_describe(listener.broken, self._secrets)})") from listener.broken
-            # Taken before the read: a change committed after the read sets it.
-            changed = listener.event(key)
-            row = await self._read(key)
-            read_at = trio.current_time()
-            if first:
-                first = False
-                yield None if row is None else row.entry
-            elif row is None:
-                if last is not None:
-                    yield None
-            elif last is None or row.entry.revision != last.entry.revision:
-                if last is not None and row.term != last.term:
-                    # A new term means the key was vacant in between.
-                    yield None
-                yield row.entry
-            last = row
-            with trio.move_on_at(math.inf if row is None else read_at + row.remaining):
-                await changed.wait()
+            if not subscription.notes and not subscription.overflow:
+                if subscription.wakeup.is_set():
+                    subscription.wakeup = trio.Event()
+                # Woken by a note, or by the expiry of the entry shown last.
+                with trio.move_on_at(view.expires):
+                    await subscription.wakeup.wait()
+                if listener.broken is not None:
+                    continue
+            now = trio.current_time()
+            items: list[Entry | None] = []
+            read_back = subscription.overflow
+            subscription.overflow = False
+            while subscription.notes and not read_back:
+                got = view.note(subscription.notes.popleft(), now)
+                if got is None:
+                    read_back = True
+                else:
+                    items += got
+            if read_back or now >= view.expires:
+                # Notes still queued committed before this read, which shows them.
+                subscription.notes.clear()
+                items += view.read(await self._read_back(key), trio.current_time())
+            for item in items:
+                yield item
 
     # -- the LISTEN connection -----------------------------------------------------
 

@@ -41,6 +41,10 @@ COLUMNS: dict[str, str] = {
     "expires_at": "timestamp with time zone",
 }
 
+#: Values up to this many bytes travel in the NOTIFY payload (which holds < 8000);
+#: a watcher reads longer ones back.
+NOTIFY_VALUE_LIMIT = 1000
+
 #: First argument of ``pg_advisory_xact_lock(int, int)`` while creating the schema
 #: ("nl" in ASCII); the second is a hash of the table's name.
 ADVISORY_LOCK_CLASS = 0x6E6C
@@ -98,8 +102,8 @@ class TableNames:
             "ON CONFLICT (key) DO UPDATE SET (key, value, revision, term, expires_at) = "
             f"(SELECT $1, $2, t.n, t.n, {self._expiry('$3')} FROM ({fresh}) t) "
             "WHERE l.expires_at <= clock_timestamp() "
-            "RETURNING l.revision) "
-            f"SELECT w.revision, pg_notify('{self.channel}', $1) FROM w"
+            "RETURNING l.revision, l.term) "
+            f"SELECT w.revision, {self._notify_set('$3', '$2')} FROM w"
         )
 
     @property
@@ -109,8 +113,8 @@ class TableNames:
             f"WITH w AS (UPDATE {self.table_sql} SET value = $2, "
             f"revision = nextval('{self.sequence_sql}'), expires_at = {self._expiry('$4')} "
             "WHERE key = $1 AND revision = $3 AND expires_at > clock_timestamp() "
-            "RETURNING revision) "
-            f"SELECT w.revision, pg_notify('{self.channel}', $1) FROM w"
+            "RETURNING revision, term) "
+            f"SELECT w.revision, {self._notify_set('$4', '$2')} FROM w"
         )
 
     @property
@@ -120,7 +124,30 @@ class TableNames:
             f"WITH w AS (UPDATE {self.table_sql} SET expires_at = '-infinity' "
             "WHERE key = $1 AND revision = $2 AND expires_at > clock_timestamp() "
             "RETURNING revision) "
-            f"SELECT w.revision, pg_notify('{self.channel}', $1) FROM w"
+            f"SELECT w.revision, pg_notify('{self.channel}', "
+            "concat_ws(' ', 'd', w.revision, $1::text)) FROM w"
+        )
+
+    def _notify_set(self, ttl: str, value: str) -> str:
+        # "s <revision> <term> <ttl us> <value hex, or - if long> <key>": a watcher
+        # learns the write without reading it back (keys hold no spaces).
+        return (
+            f"pg_notify('{self.channel}', concat_ws(' ', 's', w.revision, w.term, "
+            f"{ttl}::bigint, CASE WHEN octet_length({value}::bytea) <= {NOTIFY_VALUE_LIMIT} "
+            f"THEN encode({value}::bytea, 'hex') ELSE '-' END, $1::text))"
+        )
+
+    @property
+    def watch_sql(self) -> str:
+        """$1 key -> (value, revision, term, seconds left; <= 0 if gone), or no row.
+
+        Unlike :attr:`get_sql` it shows a deleted or expired row too: its revision
+        orders the notifications that a watcher receives after the read.
+        """
+        return (
+            "SELECT value, revision, term, "
+            "extract(epoch FROM expires_at - clock_timestamp())::float8 "
+            f"FROM {self.table_sql} WHERE key = $1"
         )
 
     @property
