@@ -207,7 +207,7 @@ def table(results: dict[str, Any]) -> Table:
           raw_handover.p50, raw_handover.p99, raw_handover.max, "", "", "2 statements")
     t.add("library: handover, body ends -> next body (ms)", lib.n, lib.p50, lib.p99, lib.max,
           times(ratio(lib.p50, raw_handover.p50)), times(ratio(lib.p99, raw_handover.p99)),
-          "delete, notify, read, create")
+          "delete, notify, create")
     for name, group in result["failover"].items():
         ttl = float(group["ttl"])
         late = Dist.of(s - ttl for s in group["samples"]).scaled(ms)
