@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from ._postgres_sql import (
     schema_sql,
     shape_problems,
 )
+from ._postgres_watch import Listener, Subscription, View
 from ._types import Entry, check_key, check_seconds, check_type
 from ._urls import scrub
 from .abc import Backend
@@ -108,158 +108,6 @@ class _Row:
     remaining: float
 
 
-@dataclass(frozen=True, slots=True)
-class _Note:
-    """One write to a key, as its NOTIFY tells it (see ``_postgres_sql``)."""
-
-    #: "s": created or renewed; "d": deleted; "r": unknown, read the key back.
-    op: str
-    revision: int = 0
-    term: int = 0
-    ttl: float = 0.0
-    #: None when the value was too long to travel: read it back.
-    value: bytes | None = None
-
-
-def _parse_note(payload: str) -> tuple[str, _Note]:
-    """``(key, note)`` from a NOTIFY payload of our channel."""
-    parts = payload.split(" ")
-    try:
-        if parts[0] == "s" and len(parts) == 6:
-            value = None if parts[4] == "-" else bytes.fromhex(parts[4])
-            return parts[5], _Note("s", int(parts[1]), int(parts[2]), int(parts[3]) / 1e6,
-                                   value)
-        if parts[0] == "d" and len(parts) == 3:
-            return parts[2], _Note("d", int(parts[1]))
-    except ValueError:
-        pass
-    # Someone else's NOTIFY on our channel (say, by hand with the key): look again.
-    return payload, _Note("r")
-
-
-class _Subscription:
-    """The notes of one key for one watcher, in commit order."""
-
-    #: Notes kept unread at most; past that the watcher reads the key back instead.
-    LIMIT = 1000
-
-    def __init__(self) -> None:
-        self.notes: deque[_Note] = deque()
-        self.overflow = False
-        self.wakeup = trio.Event()
-
-    def push(self, note: _Note) -> None:
-        if len(self.notes) >= self.LIMIT:
-            self.notes.clear()
-            self.overflow = True
-        else:
-            self.notes.append(note)
-        self.wakeup.set()
-
-
-class _Listener:
-    """The one LISTEN connection of a backend, shared by all its watches.
-
-    Notifications arrive on the asyncio loop, in trio's thread, in the order their
-    transactions committed; the callback hands each to the subscriptions of its key.
-    """
-
-    def __init__(self, conn: Any, channel: str) -> None:
-        self.conn = conn
-        self.channel = channel
-        self.subscriptions: dict[str, set[_Subscription]] = {}
-        self.broken: BaseException | None = None
-
-    @property
-    def watchers(self) -> int:
-        return sum(map(len, self.subscriptions.values()))
-
-    def subscribe(self, key: str) -> _Subscription:
-        subscription = _Subscription()
-        self.subscriptions.setdefault(key, set()).add(subscription)
-        return subscription
-
-    def unsubscribe(self, key: str, subscription: _Subscription) -> None:
-        found = self.subscriptions.get(key)
-        if found is not None:
-            found.discard(subscription)
-            if not found:
-                del self.subscriptions[key]
-
-    def notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        key, note = _parse_note(payload)
-        for subscription in self.subscriptions.get(key, ()):
-            subscription.push(note)
-
-    def terminated(self, conn: Any) -> None:
-        self.fail(ConnectionError("the LISTEN connection was closed"))
-
-    def fail(self, exc: BaseException) -> None:
-        if self.broken is None:
-            self.broken = exc
-        for subscriptions in self.subscriptions.values():
-            for subscription in subscriptions:
-                subscription.wakeup.set()
-
-
-class _View:
-    """What a watcher has reported of its key, and how to move it on.
-
-    Every method returns the items to yield (possibly none), or None when a note
-    cannot be applied and the key must be read back. Revisions order everything: a
-    note or read older than what the view knows changes nothing.
-    """
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.entry: Entry | None = None
-        self.term = 0
-        self.revision = 0
-        #: trio time at which the reported entry expires (the server's count).
-        self.expires = math.inf
-
-    def read(self, row: Any, now: float) -> list[Entry | None]:
-        if row is None:
-            return self._gone()
-        revision, remaining = int(row[1]), float(row[3])
-        if revision < self.revision:
-            return []
-        if not remaining > 0:
-            self.revision = revision
-            return self._gone()
-        return self._set(Entry(self.key, bytes(row[0]), revision, remaining), int(row[2]),
-                         now + remaining)
-
-    def note(self, note: _Note, now: float) -> list[Entry | None] | None:
-        if note.op == "d":
-            if note.revision < self.revision:
-                return []
-            self.revision = note.revision
-            return self._gone()
-        if note.op != "s" or note.value is None:
-            return None
-        if note.revision <= self.revision:
-            return []
-        return self._set(Entry(self.key, note.value, note.revision, note.ttl), note.term,
-                         now + note.ttl)
-
-    def _gone(self) -> list[Entry | None]:
-        if self.entry is None:
-            return []
-        self.entry, self.expires = None, math.inf
-        return [None]
-
-    def _set(self, entry: Entry, term: int, expires: float) -> list[Entry | None]:
-        self.expires = expires
-        if self.entry is not None and entry.revision == self.entry.revision:
-            return []
-        # A new term while an old one was shown: the key was vacant in between.
-        items: list[Entry | None] = [None] if self.entry is not None and term != self.term \
-            else []
-        self.entry, self.term, self.revision = entry, term, entry.revision
-        return [*items, entry]
-
-
 class PostgresBackend(Backend):
     """A PostgreSQL table as a lease store. Made by :func:`open_postgres_backend`.
 
@@ -288,7 +136,7 @@ class PostgresBackend(Backend):
         self._address = address
         self._secrets = secrets
         self._connect_options = connect_options
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
         self._listener_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._closed = False
@@ -471,9 +319,9 @@ class PostgresBackend(Backend):
     async def _read_back(self, key: str) -> Any:
         return await self._fetchrow(f"watch {key!r}", self._names.watch_sql, key)
 
-    async def _iterate(self, key: str, listener: _Listener, subscription: _Subscription
+    async def _iterate(self, key: str, listener: Listener, subscription: Subscription
                        ) -> AsyncGenerator[Entry | None, None]:
-        view = _View(key)
+        view = View(key)
         view.read(await self._read_back(key), trio.current_time())
         yield view.entry
         while True:
@@ -508,7 +356,7 @@ class PostgresBackend(Backend):
 
     # -- the LISTEN connection -----------------------------------------------------
 
-    async def _get_listener(self) -> _Listener:
+    async def _get_listener(self) -> Listener:
         async with self._listener_lock:
             listener = self._listener
             if listener is not None and listener.broken is None:
@@ -517,7 +365,7 @@ class PostgresBackend(Backend):
                 self._listener = None
                 await self._drop_listener(listener)
             conn = await self._call("LISTEN", self._aio_connect)
-            listener = _Listener(conn, self.channel)
+            listener = Listener(conn, self.channel)
             try:
                 await self._call("LISTEN", conn.add_listener, self.channel, listener.notified)
             except BaseException:
@@ -532,7 +380,7 @@ class PostgresBackend(Backend):
     async def _aio_connect(self) -> Any:
         return await asyncpg.connect(self._dsn, **self._connect_options)
 
-    async def _keep_listening(self, listener: _Listener) -> None:
+    async def _keep_listening(self, listener: Listener) -> None:
         """Check that an idle LISTEN connection still answers; break it if not.
 
         A server restart closes the socket and is noticed at once; this is for the
@@ -549,7 +397,7 @@ class PostgresBackend(Backend):
             except (BackendUnavailable, trio.TooSlowError) as exc:
                 listener.fail(exc)
 
-    async def _drop_listener(self, listener: _Listener) -> None:
+    async def _drop_listener(self, listener: Listener) -> None:
         listener.fail(ConnectionError("closed"))
         with trio.move_on_after(2, shield=True):
             try:
