@@ -384,10 +384,11 @@ async def test_a_server_restart_is_ridden_out(own_server: PostgresServer) -> Non
                 assert not lead.cancel_scope.cancel_called
                 released_at = trio.current_time()
                 lead.resign()
-                # The standby's watch broke too; it campaigned again and takes over.
+                # The standby's watch broke too; it campaigns again (its backoff is
+                # capped at renew_interval, ttl/3) and takes over.
                 await standby_started.wait()
                 took = trio.current_time() - released_at
-    assert took < 3, took
+    assert took < 6 / 3 + 2, took
     assert tokens[1] > tokens[0]
 
 
