@@ -35,12 +35,14 @@ from trio_noleader import (
     BackendUnavailable,
     Leadership,
     LeadershipLost,
+    RevisionMismatch,
     current_leader,
     hold_leadership,
     open_backend,
     open_postgres_backend,
 )
 from trio_noleader._postgres import MAX_TTL, PostgresBackend
+from trio_noleader.abc import Update
 from trio_noleader.testing import FaultyBackend
 
 pytestmark = pytest.mark.postgres
@@ -121,6 +123,8 @@ def protocol_calls(store: PostgresBackend, key: Any, revision: int
         lambda: store.update(key, b"x" * 16, revision=revision, ttl=1),
         lambda: store.delete(key, revision=revision),
         lambda: store.get(key),
+        lambda: store.update_many([Update(KEY, b"x" * 16, revision, 1),
+                                   Update(key, b"x" * 16, revision, 1)]),
     ]
 
 
@@ -435,6 +439,35 @@ async def test_a_watch_sees_every_write_even_short_terms(request: pytest.Fixture
             entry = await anext(items)
             assert entry is not None
             assert entry.revision == manual
+
+
+async def test_update_many_is_one_statement_and_watchers_see_each_write(
+    request: pytest.FixtureRequest, postgres_url: str
+) -> None:
+    async with open_test_backend(request) as store, \
+            open_postgres_backend(postgres_url, table=store.table) as writer, \
+            store.watch("k1") as updates:
+        items = aiter(updates)
+        assert await anext(items) is None
+        revisions = [await writer.create(f"k{i}", b"v" * 16, ttl=30) for i in range(3)]
+        assert (await anext(items)).revision == revisions[1]  # type: ignore[union-attr]
+        results = await writer.update_many([
+            Update(f"k{i}", f"new{i}".encode() * 4, revisions[i] + (i == 2), 30)
+            for i in range(3)])
+        assert isinstance(results[0], int)
+        assert isinstance(results[1], int)
+        assert isinstance(results[2], RevisionMismatch)
+        # One statement: both revisions come from one nextval() pass.
+        assert abs(results[1] - results[0]) == 1
+        entry = await anext(items)
+        assert entry is not None
+        assert (entry.revision, entry.value) == (results[1], b"new1" * 4)
+        # Two updates of one key go one by one: the second finds the first's revision.
+        again = await writer.update_many([Update("k0", b"a" * 16, results[0], 30),
+                                          Update("k0", b"b" * 16, results[0], 30)])
+        assert isinstance(again[0], int)
+        assert isinstance(again[1], RevisionMismatch)
+        assert await writer.update_many([]) == []
 
 
 # -- token monotonicity across a re-created table --------------------------------------

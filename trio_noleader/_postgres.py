@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -38,7 +38,7 @@ import asyncpg
 import trio
 
 from . import _aio
-from ._exceptions import BackendUnavailable, KeyExists, RevisionMismatch
+from ._exceptions import BackendUnavailable, KeyExists, NoLeaderError, RevisionMismatch
 from ._postgres_sql import (
     ADVISORY_LOCK_CLASS,
     TableNames,
@@ -49,7 +49,7 @@ from ._postgres_sql import (
 from ._postgres_watch import Listener, Subscription, View
 from ._types import Entry, check_key, check_seconds, check_type
 from ._urls import scrub
-from .abc import Backend
+from .abc import Backend, Update
 
 __all__ = ["PostgresBackend"]
 
@@ -224,6 +224,12 @@ class PostgresBackend(Backend):
             await self._recreate()
         return await self._call(what, self._aio_fetchrow, sql, *args)
 
+    async def _fetch(self, what: str, sql: str, *args: Any) -> list[Any]:
+        if self._table_gone:
+            await self._recreate()
+        rows: list[Any] = await self._call(what, self._aio_fetch, sql, *args)
+        return rows
+
     # -- the protocol --------------------------------------------------------------
 
     async def create(self, key: str, value: bytes, *, ttl: float) -> int:
@@ -257,6 +263,33 @@ class PostgresBackend(Backend):
             raise RevisionMismatch(f"{key}: no live entry at revision {revision}")
         return int(row[0])
 
+    async def update_many(self, updates: Sequence[Update]) -> list[int | NoLeaderError]:
+        """Apply all the updates in one statement (one round trip, one bridged call).
+
+        Each is its own compare-and-set with its own outcome. Several updates of one
+        key go one by one, in order.
+
+        Raises:
+            BackendUnavailable: as a whole, if the statement failed (none of the
+                updates, or all of them, may have been applied).
+        """
+        keys, values, revisions, micros = [], [], [], []
+        for update in updates:
+            keys.append(check_key(update.key))
+            values.append(bytes(update.value))
+            revisions.append(_check_revision(update.revision))
+            micros.append(_micros(_check_ttl(update.ttl)))
+        if len(set(keys)) < len(keys):
+            return await super().update_many(updates)
+        if not updates:
+            return []
+        rows = await self._fetch(f"update {len(updates)} keys", self._names.update_many_sql,
+                                 keys, values, revisions, micros)
+        applied = {str(row[0]): int(row[1]) for row in rows}
+        return [applied[u.key] if u.key in applied else
+                RevisionMismatch(f"{u.key}: no live entry at revision {u.revision}")
+                for u in updates]
+
     async def delete(self, key: str, *, revision: int) -> None:
         """Delete the live entry at exactly *revision*.
 
@@ -285,9 +318,7 @@ class PostgresBackend(Backend):
 
     async def keys(self) -> list[str]:
         """Return the keys that hold a live entry, sorted."""
-        if self._table_gone:
-            await self._recreate()
-        rows = await self._call("keys", self._aio_fetch, self._names.keys_sql)
+        rows = await self._fetch("keys", self._names.keys_sql)
         return sorted(str(row[0]) for row in rows)
 
     def watch(self, key: str) -> AbstractAsyncContextManager[AsyncIterator[Entry | None]]:

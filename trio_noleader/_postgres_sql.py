@@ -103,7 +103,7 @@ class TableNames:
             f"(SELECT $1, $2, t.n, t.n, {self._expiry('$3')} FROM ({fresh}) t) "
             "WHERE l.expires_at <= clock_timestamp() "
             "RETURNING l.revision, l.term) "
-            f"SELECT w.revision, {self._notify_set('$3', '$2')} FROM w"
+            f"SELECT w.revision, {self._notify_set('$3', '$2', '$1::text')} FROM w"
         )
 
     @property
@@ -114,7 +114,23 @@ class TableNames:
             f"revision = nextval('{self.sequence_sql}'), expires_at = {self._expiry('$4')} "
             "WHERE key = $1 AND revision = $3 AND expires_at > clock_timestamp() "
             "RETURNING revision, term) "
-            f"SELECT w.revision, {self._notify_set('$4', '$2')} FROM w"
+            f"SELECT w.revision, {self._notify_set('$4', '$2', '$1::text')} FROM w"
+        )
+
+    @property
+    def update_many_sql(self) -> str:
+        """$1 keys, $2 values, $3 revisions, $4 ttls in microseconds (arrays, distinct
+        keys) -> (key, revision) of each update applied; one statement for them all."""
+        return (
+            "WITH a AS (SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], "
+            "$4::bigint[]) AS a(key, value, revision, ttl)), "
+            f"w AS (UPDATE {self.table_sql} AS l SET value = a.value, "
+            f"revision = nextval('{self.sequence_sql}'), expires_at = "
+            f"{self._expiry('a.ttl')} FROM a WHERE l.key = a.key "
+            "AND l.revision = a.revision AND l.expires_at > clock_timestamp() "
+            "RETURNING l.key, l.revision, l.term, l.value, a.ttl) "
+            f"SELECT w.key, w.revision, {self._notify_set('w.ttl', 'w.value', 'w.key')} "
+            "FROM w"
         )
 
     @property
@@ -128,13 +144,13 @@ class TableNames:
             "concat_ws(' ', 'd', w.revision, $1::text)) FROM w"
         )
 
-    def _notify_set(self, ttl: str, value: str) -> str:
+    def _notify_set(self, ttl: str, value: str, key: str) -> str:
         # "s <revision> <term> <ttl us> <value hex, or - if long> <key>": a watcher
         # learns the write without reading it back (keys hold no spaces).
         return (
             f"pg_notify('{self.channel}', concat_ws(' ', 's', w.revision, w.term, "
             f"{ttl}::bigint, CASE WHEN octet_length({value}::bytea) <= {NOTIFY_VALUE_LIMIT} "
-            f"THEN encode({value}::bytea, 'hex') ELSE '-' END, $1::text))"
+            f"THEN encode({value}::bytea, 'hex') ELSE '-' END, {key}))"
         )
 
     @property
