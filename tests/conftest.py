@@ -1,17 +1,25 @@
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import spec_memory
 import trio.testing
-from harness import BackendSpec
 from hypothesis import HealthCheck, settings
 
 from trio_noleader.abc import Backend
+
+from .backends import BACKENDS
+from .harness import BackendSpec
+from .nats_fixture import (
+    nats_url,  # noqa: F401  (the session's nats-server)
+    require_nats_extra,
+)
+from .postgres_fixture import (
+    postgres_url,  # noqa: F401  (the session's PostgreSQL)
+    require_postgres_extra,
+)
 
 settings.register_profile(
     "quick", max_examples=60, deadline=None,
@@ -23,39 +31,20 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
-with contextlib.suppress(ImportError):
-    # Session fixtures that start a real nats-server (see nats_fixture.py).
-    from nats_fixture import *  # noqa: F403
-with contextlib.suppress(ImportError):
-    # A session fixture that starts a real PostgreSQL (see postgres_fixture.py).
-    from postgres_fixture import *  # noqa: F403
 
-SPECS: list[BackendSpec] = [spec_memory.SPEC]
-try:
-    import spec_sqlite
-
-    SPECS.append(spec_sqlite.SPEC)
-except ImportError:  # the SQLite spec lands with the SQLite backend
-    pass
-try:
-    import spec_nats
-
-    SPECS.append(spec_nats.SPEC)
-except ImportError:  # the NATS spec lands with the NATS backend
-    pass
-try:
-    import spec_postgres
-
-    SPECS.append(spec_postgres.SPEC)
-except ImportError:  # without the postgres extra
-    pass
-
-_MARKS = {"postgres": [pytest.mark.postgres]}
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture: a skip raised inside trio.run (an async fixture that asks
+    # for nats_url) would lose its reason.
+    if item.get_closest_marker("nats") is not None:
+        require_nats_extra()
+    if item.get_closest_marker("postgres") is not None:
+        require_postgres_extra()
 
 
-@pytest.fixture(params=[pytest.param(spec, id=spec.name, marks=_MARKS.get(spec.name, []))
-                        for spec in SPECS])
+@pytest.fixture(params=BACKENDS)
 def spec(request: pytest.FixtureRequest) -> BackendSpec:
+    """The backend under test: each test that takes it runs once per backend in
+    tests/backends.py, with that backend's marks."""
     result: BackendSpec = request.param
     return result
 

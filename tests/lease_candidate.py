@@ -1,6 +1,7 @@
-"""One candidate process for the multi-process tests (NATS and SQLite).
+"""One candidate process for tests/test_multiprocess.py (any backend a URL opens).
 
-Usage: ``python lease_candidate.py URL NAME KEY TTL`` (URL as for ``open_backend``).
+Usage (from the repository's root): ``python -m tests.lease_candidate URL NAME KEY TTL``
+(URL as for ``open_backend``).
 
 Opens the backend, campaigns for KEY and, once elected, leads until a line arrives
 on stdin (or stdin closes); then it leaves its block, which releases the lease, and

@@ -2,9 +2,10 @@
 
 tests/test_arguments.py checks the public functions against a memory store with no
 I/O at all; tests/test_nats.py the NATS options it needs for its own cases. Here
-every case runs against real stores (the memory store, an SQLite file, a bucket of
-the session's nats-server), through the backend protocol as well as the public
-functions, and afterwards the store is read back to show that nothing changed.
+every case runs against real stores, each backend of tests/backends.py as in the
+behavioural suite (the memory store, an SQLite file, a bucket of the session's
+nats-server), through the backend protocol as well as the public functions, and
+afterwards the store is read back (``spec.read_state``) to show that nothing changed.
 Each case gets the documented exception (``ValueError``/``TypeError`` before any
 I/O; ``BackendUnavailable`` for a store that cannot be used) with a message that
 names the value and the rule, short enough for a log line.
@@ -14,100 +15,53 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import sqlite3
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
-import trio_asyncio
-from nats.js import api
-from spec_nats import delete_bucket, open_test_backend
-from test_arguments import BAD_KEYS, BAD_TIMINGS
 
+import trio_noleader
 from trio_noleader import (
     BackendUnavailable,
     MemoryBackend,
     NatsBackend,
     current_leader,
     hold_leadership,
-    open_nats_backend,
-    open_sqlite_backend,
+    open_backend,
     run_as_leader,
     watch_leader,
 )
-from trio_noleader._urls import parse_nats_url
 from trio_noleader.abc import Backend
 from trio_noleader.testing import FaultyBackend
+
+from .backends import NATS
+from .harness import BackendSpec, free_port
+from .nats_fixture import aio, delete_bucket, needs_nats_extra, open_test_backend, stream_state
+from .test_arguments import BAD_KEYS, BAD_TIMINGS
+
+if TYPE_CHECKING:
+    from trio_noleader._nats import NatsBackend
 
 KEY = "jobs/report"
 #: Longer messages than this would flood a log line: values are shown cut short.
 MESSAGE_LIMIT = 1500
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def aio(backend: NatsBackend, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    bridged: Callable[..., Awaitable[Any]] = trio_asyncio.aio_as_trio(fn, loop=backend.loop)
-    return bridged
-
-
-async def nats_state(backend: NatsBackend) -> tuple[Any, ...]:
-    """What a write of any kind would change: the stream's sequence, counts, config."""
-    info = await aio(backend, backend.connection.jetstream().stream_info)(
-        f"KV_{backend.bucket}")
-    return (info.state.last_seq, info.state.messages, info.state.bytes, info.state.first_seq,
-            info.config.as_dict())
-
-
-def sqlite_state(path: Path) -> list[str]:
-    with sqlite3.connect(path) as conn:
-        return list(conn.iterdump())
-
-
 @asynccontextmanager
-async def open_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path
+async def open_store(spec: BackendSpec, request: pytest.FixtureRequest
                      ) -> AsyncIterator[tuple[Backend, Callable[[], Awaitable[object]]]]:
     """A store with one lease in it, and a function that reads the whole store back."""
-    if kind == "memory":
-        memory = MemoryBackend()
+    async with spec.open(request) as store:
+        await store.create(KEY, uuid.uuid4().bytes, ttl=60)
 
-        async def memory_state() -> object:
-            return repr(memory)  # its keys and its revision counter
+        async def state() -> object:
+            return await spec.read_state(store)
 
-        await memory.create(KEY, uuid.uuid4().bytes, ttl=60)
-        yield memory, memory_state
-    elif kind == "sqlite":
-        path = tmp_path / "leases.db"
-        async with open_sqlite_backend(path) as sqlite:
-            await sqlite.create(KEY, uuid.uuid4().bytes, ttl=60)
-
-            async def file_state() -> object:
-                return await trio.to_thread.run_sync(sqlite_state, path)
-
-            yield sqlite, file_state
-    else:
-        async with open_test_backend(request) as nats:
-            await nats.create(KEY, uuid.uuid4().bytes, ttl=60)
-
-            async def stream_state() -> object:
-                return await nats_state(nats)
-
-            yield nats, stream_state
-
-
-STORES = ["memory", "sqlite", pytest.param("nats", marks=pytest.mark.nats)]
+        yield store, state
 
 
 async def calls_with_key(store: Backend, key: Any) -> list[tuple[str, Callable[[], Any]]]:
@@ -158,13 +112,12 @@ async def enter(manager: AbstractAsyncContextManager[object]) -> None:
 # -- keys --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", STORES)
 @pytest.mark.parametrize(("key", "error", "message"), BAD_KEYS)
 async def test_bad_keys_change_nothing_in_the_store(
-    kind: str, key: Any, error: type[Exception], message: str,
-    request: pytest.FixtureRequest, tmp_path: Path,
+    spec: BackendSpec, key: Any, error: type[Exception], message: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    async with open_store(kind, request, tmp_path) as (store, state):
+    async with open_store(spec, request) as (store, state):
         before = await state()
         for name, call in await calls_with_key(store, key):
             try:
@@ -175,16 +128,15 @@ async def test_bad_keys_change_nothing_in_the_store(
         assert await state() == before
 
 
-@pytest.mark.parametrize("kind", STORES)
 @pytest.mark.parametrize("key", ["a..b", "jobs...nightly", "x.." + "y", "a." + "." * 500 + "b"])
 async def test_keys_with_empty_tokens_are_refused(
-    kind: str, key: str, request: pytest.FixtureRequest, tmp_path: Path,
+    spec: BackendSpec, key: str, request: pytest.FixtureRequest,
 ) -> None:
     # Regression: [-/_=.a-zA-Z0-9]+ lets "a..b" through, but a NATS subject has no
     # empty token: the server never stores the write, and the campaign used to retry
     # that as a store outage forever. The rule holds on every backend, so that code
     # moves between them unchanged.
-    async with open_store(kind, request, tmp_path) as (store, state):
+    async with open_store(spec, request) as (store, state):
         before = await state()
         for name, call in await calls_with_key(store, key):
             try:
@@ -238,12 +190,14 @@ async def test_a_ttl_no_round_trip_fits_in_is_refused() -> None:
 @pytest.mark.nats
 @pytest.mark.parametrize("ttl", [9 * 10**9, 10**10, 2**62, 2**64 + 1])
 async def test_ttls_nats_server_cannot_keep_are_refused(
-    ttl: int, request: pytest.FixtureRequest, tmp_path: Path,
+    ttl: int, request: pytest.FixtureRequest,
 ) -> None:
     # Regression: nats-server 2.15 drops a message whose Nats-TTL overflows its clock
     # arithmetic (9e9 s and up) at once, so such a lease vanished from the store
     # while its holder's deadline lay centuries ahead: two leaders.
-    async with open_store("nats", request, tmp_path) as (store, state):
+    async with open_store(NATS, request) as (store, state):
+        from trio_noleader._nats import NatsBackend  # the extra is there: the store opened
+
         assert isinstance(store, NatsBackend)
         before = await state()
         await expect_refusal(lambda: store.check_ttl(ttl), ValueError, f"ttl={ttl!r}")
@@ -280,14 +234,17 @@ BAD_BUCKETS: list[tuple[Any, type[Exception], str]] = [
 ]
 
 
+@needs_nats_extra
 @pytest.mark.parametrize(("bucket", "error", "message"), BAD_BUCKETS)
 async def test_bad_bucket_names_fail_before_any_io(bucket: Any, error: type[Exception],
                                                    message: str) -> None:
+    from trio_noleader._urls import parse_nats_url
+
     # Nothing listens there: any I/O would give BackendUnavailable instead.
     url = f"nats://127.0.0.1:{free_port()}"
 
     async def open_it() -> None:
-        async with open_nats_backend(url, bucket=bucket):
+        async with trio_noleader.open_nats_backend(url, bucket=bucket):
             pytest.fail("opened")  # pragma: no cover
 
     await expect_refusal(open_it, error, message)
@@ -302,7 +259,8 @@ async def test_bad_bucket_names_fail_before_any_io(bucket: Any, error: type[Exce
 @pytest.mark.nats
 async def test_the_longest_bucket_name_works(nats_url: str) -> None:
     bucket = "b" * 240 + uuid.uuid4().hex[:12]
-    async with open_nats_backend(nats_url, bucket=bucket, storage="memory") as store:
+    async with trio_noleader.open_nats_backend(nats_url, bucket=bucket,
+                                               storage="memory") as store:
         try:
             async with hold_leadership(KEY, ttl=1) as lead:
                 assert lead.token > 0
@@ -320,16 +278,18 @@ BAD_SERVERS: list[tuple[Any, type[Exception], str]] = [
 ]
 
 
+@needs_nats_extra
 @pytest.mark.parametrize(("servers", "error", "message"), BAD_SERVERS)
 async def test_bad_servers_fail_before_any_io(servers: Any, error: type[Exception],
                                               message: str) -> None:
     async def open_it() -> None:
-        async with open_nats_backend(servers, bucket="b"):
+        async with trio_noleader.open_nats_backend(servers, bucket="b"):
             pytest.fail("opened")  # pragma: no cover
 
     await expect_refusal(open_it, error, message)
 
 
+@needs_nats_extra
 @pytest.mark.parametrize(("url", "message"), [
     ("nats://:4222/b", "no host"),
     ("nats://host/b%20c", "bucket name"),
@@ -338,8 +298,6 @@ async def test_bad_servers_fail_before_any_io(servers: Any, error: type[Exceptio
     ("nats://host/b?replicas=9", "replicas=9"),
 ])
 async def test_bad_nats_urls_fail_before_any_io(url: str, message: str) -> None:
-    from trio_noleader import open_backend
-
     async def open_it() -> None:
         async with open_backend(url):
             pytest.fail("opened")  # pragma: no cover
@@ -379,6 +337,7 @@ async def serve_http(task_status: trio.TaskStatus[int]) -> None:
             await listeners[0].aclose()
 
 
+@needs_nats_extra
 @pytest.mark.parametrize(("server", "within"), [(serve_silence, 8.0), (serve_http, 3.0)])
 async def test_a_server_that_is_not_nats(
     server: Callable[[trio.TaskStatus[int]], Awaitable[None]], within: float,
@@ -387,7 +346,8 @@ async def test_a_server_that_is_not_nats(
         port: int = await nursery.start(server)
         started = trio.current_time()
         with trio.fail_after(within + 2), pytest.raises(BackendUnavailable) as raised:
-            async with open_nats_backend(f"nats://bob:n0t-shown@127.0.0.1:{port}"):
+            url = f"nats://bob:n0t-shown@127.0.0.1:{port}"
+            async with trio_noleader.open_nats_backend(url):
                 pytest.fail("opened")  # pragma: no cover
         assert trio.current_time() - started <= within
         nursery.cancel_scope.cancel()
@@ -402,9 +362,12 @@ async def test_a_server_that_is_not_nats(
 async def foreign_bucket(nats_url: str, config: dict[str, Any]
                          ) -> AsyncIterator[tuple[str, NatsBackend]]:
     """A stream KV_<bucket> made with raw nats-py; the observer is on another bucket."""
+    from nats.js import api
+
     bucket = f"foreign_{uuid.uuid4().hex[:12]}"
     sealed = config.pop("sealed", False)
-    async with open_nats_backend(nats_url, bucket=f"obs_{bucket}", storage="memory") as obs:
+    async with trio_noleader.open_nats_backend(nats_url, bucket=f"obs_{bucket}",
+                                               storage="memory") as obs:
         js = obs.connection.jetstream()
         stream = api.StreamConfig(name=f"KV_{bucket}", subjects=[f"$KV.{bucket}.>"],
                                   storage=api.StorageType.MEMORY, **config)
@@ -439,7 +402,7 @@ async def test_unusable_buckets_are_refused_and_left_alone(
     async with foreign_bucket(nats_url, config) as (bucket, observer):
         before = await stream_config(observer, bucket)
         with trio.fail_after(5), pytest.raises(BackendUnavailable) as raised:
-            async with open_nats_backend(nats_url, bucket=bucket):
+            async with trio_noleader.open_nats_backend(nats_url, bucket=bucket):
                 pytest.fail("opened an unusable bucket")  # pragma: no cover
         assert message in str(raised.value)
         assert bucket in str(raised.value)
@@ -452,7 +415,7 @@ async def test_a_bucket_with_history_works(nats_url: str) -> None:
     # message, and older ones are never taken for the lease.
     history = {"max_msgs_per_subject": 5, "allow_msg_ttl": True}
     async with foreign_bucket(nats_url, history) as (bucket, _), \
-            open_nats_backend(nats_url, bucket=bucket) as store:
+            trio_noleader.open_nats_backend(nats_url, bucket=bucket) as store:
         tokens = []
         for _ in range(3):
             async with hold_leadership(KEY, ttl=1) as lead:
@@ -478,7 +441,7 @@ async def test_garbage_in_the_key_is_an_unknown_holder_left_alone(
     async with open_test_backend(request) as store:
         kv = await aio(store, store.connection.jetstream().key_value)(store.bucket)
         revision = await aio(store, kv.put)(KEY, value)  # no TTL: it stays
-        before = await nats_state(store)
+        before = await stream_state(store)
         info = await current_leader(KEY, backend=store)
         assert info is not None
         assert (info.candidate_id, info.token, info.revision) == (None, revision, revision)
@@ -494,7 +457,7 @@ async def test_garbage_in_the_key_is_an_unknown_holder_left_alone(
                     pytest.fail("elected over a foreign value")  # pragma: no cover
             assert waited.cancelled_caught
         # Not one write: the foreign value is untouched.
-        assert await nats_state(store) == before
+        assert await stream_state(store) == before
         entry = await store.get(KEY)
         assert entry is not None
         assert (entry.value, entry.revision) == (value, revision)
@@ -503,7 +466,8 @@ async def test_garbage_in_the_key_is_an_unknown_holder_left_alone(
 @pytest.mark.nats
 async def test_status_shows_garbage_as_an_unknown_holder(nats_url: str) -> None:
     bucket = f"garbage_{uuid.uuid4().hex[:12]}"
-    async with open_nats_backend(nats_url, bucket=bucket, storage="memory") as store:
+    async with trio_noleader.open_nats_backend(nats_url, bucket=bucket,
+                                               storage="memory") as store:
         try:
             kv = await aio(store, store.connection.jetstream().key_value)(bucket)
             revision = await aio(store, kv.put)(KEY, b"\xff\xfe not a candidate")

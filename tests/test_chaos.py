@@ -41,21 +41,27 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import pytest
+
+# The candidates need the nats extra: without it the module is skipped.
+pytest.importorskip("nats", reason="the nats extra is not installed")
+
 import trio
-from chaos_recorder import Recorder, Write
-from nats_fixture import NatsServer
+
+from trio_noleader.testing import NatsServer
+
+from .chaos_recorder import Recorder, Write
+from .harness import ROOT, Event, Journal, free_port, script
+from .nats_fixture import nats_server_binary
 
 pytestmark = [
     pytest.mark.nats,
@@ -73,18 +79,15 @@ def slow(test: F) -> F:
         pytest.mark.skipif(not LONG, reason="long chaos run: set NOLEADER_LONG=1")(test))
     return marked
 
-CANDIDATE = Path(__file__).with_name("chaos_candidate.py")
+
 KEY = "chaos/job"
 TTL = 2  # NATS TTLs are whole seconds
-RENEW = TTL / 3  # the defaults: renew_interval = ttl/3, guard = ttl/10
-GUARD = TTL / 10
+RENEW = TTL / 3  # the candidates use the default renew_interval (and guard, ttl/10)
 USER = "alice"
 SECRET = "ch4os-pa55word"
 #: A write made after the body's deadline, on the body's way out, may take this long.
 CANCEL_LATENCY = 0.3
 SEED = int(os.environ.get("NOLEADER_CHAOS_SEED", "0")) or random.randrange(1 << 32)
-
-Event = dict[str, Any]
 
 
 def report(what: str, values: list[float]) -> None:
@@ -95,13 +98,6 @@ def report(what: str, values: list[float]) -> None:
     print(f"\n[chaos seed {SEED}] {what}: {shown}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # -- servers ---------------------------------------------------------------------------
 
 
@@ -109,7 +105,8 @@ class ChaosServer(NatsServer):
     """A nats-server with a password that a test may pause, kill -9 and restart."""
 
     def __init__(self, workdir: Path, args: list[str] | None = None) -> None:
-        super().__init__(workdir, args=["--user", USER, "--pass", SECRET, *(args or [])])
+        super().__init__(workdir, args=["--user", USER, "--pass", SECRET, *(args or [])],
+                         binary=nats_server_binary())
         self.paused = False
 
     @property
@@ -131,10 +128,6 @@ class ChaosServer(NatsServer):
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
         self.paused = False
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
 
     def kill9(self) -> None:
         process, self.process = self.process, None
@@ -210,8 +203,7 @@ class Fleet:
         self.replicas = replicas
         self.recorder = Recorder.create(workdir / "recorder.db")
         self.members: dict[str, Member] = {}
-        self.events: list[Event] = []
-        self._changed = trio.Event()
+        self.journal = Journal()
         self._count = itertools.count()
         self.died: list[str] = []
 
@@ -220,33 +212,19 @@ class Fleet:
     async def spawn(self, *, sigterm_handler: bool = True) -> str:
         name = f"c{next(self._count)}"
         stderr = self.workdir / f"{name}.stderr"
-        command = [sys.executable, str(CANDIDATE), "--servers", self.servers,
-                   "--bucket", self.bucket, "--key", KEY, "--ttl", str(TTL),
-                   "--recorder", str(self.recorder.path), "--name", name,
-                   "--replicas", str(self.replicas)]
+        command = script("chaos_candidate", "--servers", self.servers,
+                         "--bucket", self.bucket, "--key", KEY, "--ttl", str(TTL),
+                         "--recorder", str(self.recorder.path), "--name", name,
+                         "--replicas", str(self.replicas))
         if not sigterm_handler:
             command.append("--no-sigterm-handler")
         with stderr.open("wb") as err:
             process = await trio.lowlevel.open_process(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
         self.members[name] = Member(name, process, stderr)
-        self.nursery.start_soon(self._collect, name, process)
-        return name
-
-    async def _collect(self, name: str, process: trio.Process) -> None:
         assert process.stdout is not None
-        pending = b""
-        while chunk := await process.stdout.receive_some():
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self._add(json.loads(line))
-        self._add({"name": name, "event": "eof", "time": time.time()})
-
-    def _add(self, event: Event) -> None:
-        self.events.append(event)
-        self._changed.set()
-        self._changed = trio.Event()
+        self.nursery.start_soon(self.journal.read, name, process.stdout)
+        return name
 
     async def tell(self, name: str, line: str) -> None:
         stdin = self.members[name].process.stdin
@@ -288,17 +266,16 @@ class Fleet:
 
     # -- events --------------------------------------------------------------------
 
+    @property
+    def events(self) -> list[Event]:
+        """Every line the candidates wrote, in arrival order."""
+        return self.journal.events
+
     async def wait_for(self, match: Callable[[Event], bool], what: str,
                        limit: float) -> Event:
         """The first event (oldest first) that *match* accepts, within *limit* s."""
-        seen = 0
         with trio.move_on_after(limit):
-            while True:
-                for event in self.events[seen:]:
-                    if match(event):
-                        return event
-                seen = len(self.events)
-                await self._changed.wait()
+            return await self.journal.wait_for(match)
         dead = [m.name for m in self.members.values()
                 if m.process.returncode is not None and m.reaped is None]
         raise AssertionError(f"no {what} within {limit} s; exited by themselves: {dead}; "
@@ -333,11 +310,11 @@ class Fleet:
             f"a lease given after {since:.2f}", limit)
 
     def find(self, event: str, name: str, token: int | None = None) -> Event | None:
-        return next((e for e in self.events if e["event"] == event and e["name"] == name
-                     and (token is None or e.get("token") == token)), None)
+        return self.journal.first(lambda e: e["event"] == event and e["name"] == name
+                                  and (token is None or e.get("token") == token))
 
     def tail(self, count: int = 30) -> str:
-        return "\n".join(json.dumps(e) for e in self.events[-count:])
+        return self.journal.tail(count)
 
     # -- checks ----------------------------------------------------------------------
 
@@ -613,14 +590,12 @@ def connected_to(fleet: Fleet, name: str) -> str:
     return address
 
 
-PROBE = Path(__file__).with_name("chaos_cluster_probe.py")
-
-
 async def probe(cluster: Cluster, command: str, bucket: str) -> str:
     """Run tests/chaos_cluster_probe.py: ``create`` the bucket, or name the ``leader``."""
     result = await trio.run_process(
-        [sys.executable, str(PROBE), command, cluster.secret_urls, bucket],
-        capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL)
+        script("chaos_cluster_probe", command, cluster.secret_urls, bucket),
+        capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL,
+        cwd=ROOT)
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
     assert SECRET.encode() not in result.stdout + result.stderr
     return result.stdout.decode().strip()

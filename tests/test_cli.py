@@ -10,11 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+
+from .harness import lines
+from .nats_fixture import needs_nats_extra
 
 NOLEADER = [sys.executable, "-m", "trio_noleader"]
 
@@ -45,15 +48,11 @@ class Proc:
         self._changed = trio.Event()
 
     async def _pump(self, stream: trio.abc.ReceiveStream) -> None:
-        buffer = b""
-        async for chunk in stream:
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            self.lines.extend(line.decode() for line in complete)
-            self._changed.set()
-            self._changed = trio.Event()
-        if buffer:
-            self.lines.append(buffer.decode())
+        async with aclosing(lines(stream)) as each:
+            async for line in each:
+                self.lines.append(line.decode())
+                self._changed.set()
+                self._changed = trio.Event()
         self._changed.set()
 
     async def expect(self, pattern: str, limit: float = 20) -> re.Match[str]:
@@ -230,8 +229,8 @@ async def test_status_and_watch(url: str) -> None:
         (["run", "k", "--ttl", "0", "--", "true"], 2, "must be a finite number of seconds > 0"),
         (["run", "k", "--ttl", "nan", "--", "true"], 2, "must be a finite number of seconds > 0"),
         (["status", "--url", "redis://h"], 2, "unknown backend URL 'redis://h'"),
-        (["status", "--url", "nats://user:s3cret@127.0.0.1:1/b"], 122,
-         "store unavailable"),
+        pytest.param(["status", "--url", "nats://user:s3cret@127.0.0.1:1/b"], 122,
+                     "store unavailable", marks=needs_nats_extra),
         (["status", "--url", "sqlite:///proc/no/such/dir/x.db"], 122, "/proc/no/such/dir"),
         (["status", "--url", "postgresql://user:s3cret@127.0.0.1:1/db"], 122,
          "cannot connect to PostgreSQL at postgresql://user@127.0.0.1:1/db"),
@@ -264,7 +263,7 @@ async def test_demo_ends_by_itself(store: str, request: pytest.FixtureRequest) -
                                   *url, limit=60)
     finally:
         if store == "postgres":
-            from spec_postgres import drop_tables
+            from .postgres_fixture import drop_tables
 
             await drop_tables(request.getfixturevalue("postgres_url"), table)
     assert code == 0, out
@@ -340,7 +339,7 @@ async def _first_started(runners: list[Proc]) -> Proc:
 
 @pytest.mark.postgres
 async def test_status_and_watch_on_postgres(postgres_url: str) -> None:
-    from spec_postgres import drop_tables
+    from .postgres_fixture import drop_tables
 
     table = f"cli_{os.getpid()}_{time.time_ns()}"
     try:

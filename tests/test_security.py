@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Every test here needs the nats extra: without it the module is skipped.
+pytest.importorskip("nats", reason="the nats extra is not installed")
+
 import trio
 import trustme
-from nats_fixture import NatsServer
-from spec_nats import delete_bucket
 
 from trio_noleader import (
     BackendUnavailable,
@@ -44,6 +46,8 @@ from trio_noleader import (
     open_backend,
     open_nats_backend,
 )
+
+from .nats_fixture import delete_bucket, nats_server
 
 pytestmark = pytest.mark.nats
 
@@ -235,7 +239,7 @@ LOGINS: dict[str, Callable[[Path], Login]] = {
 async def test_logins(kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)  # every logger: ours, nats-py's, asyncio's
     login = LOGINS[kind](tmp_path)
-    with NatsServer(tmp_path / "server", args=login.server_args) as server:
+    with nats_server(tmp_path / "server", args=login.server_args) as server:
         texts = [await use(server.url, **login.good)]
         if login.url_user:
             url = server.url.replace("://", f"://{login.url_user}")
@@ -296,7 +300,7 @@ async def test_tls_with_client_certificates(tmp_path: Path,
     pki = make_pki(tmp_path, verify_clients=True)
     client = pki.ca.issue_cert("client.example")
     other_ca = trustme.CA()
-    with NatsServer(tmp_path / "server", args=pki.server_args) as server:
+    with nats_server(tmp_path / "server", args=pki.server_args) as server:
         url = server.url.replace("nats://", "tls://")
         await use(url, tls=pki.client_context(client))
         # No client certificate, or one from a CA the server does not trust.
@@ -315,8 +319,8 @@ async def test_tls_url_with_a_password(tmp_path: Path, monkeypatch: pytest.Monke
     # A tls:// URL carries no certificates: Python's default context, which trusts
     # the CA in SSL_CERT_FILE.
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
-    with NatsServer(tmp_path / "server",
-                    args=[*pki.server_args, "--user", "alice", "--pass", PASSWORD]) as server:
+    with nats_server(tmp_path / "server",
+                     args=[*pki.server_args, "--user", "alice", "--pass", PASSWORD]) as server:
         host = server.url.partition("://")[2]
         async with open_backend(f"tls://alice:{PASSWORD}@{host}/tlsurl") as store:
             assert isinstance(store, NatsBackend)
@@ -337,7 +341,7 @@ async def test_tls_url_with_a_password(tmp_path: Path, monkeypatch: pytest.Monke
 
 async def test_tls_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
     pki = make_pki(tmp_path, hostname="nats.example")
-    with NatsServer(tmp_path / "server", args=pki.server_args) as server:
+    with nats_server(tmp_path / "server", args=pki.server_args) as server:
         url = server.url.replace("nats://", "tls://")
         refused = await expect_refused(url, tls=pki.client_context())
         assert isinstance(refused.__cause__, ssl.SSLCertVerificationError), shown(refused)
@@ -353,8 +357,8 @@ async def test_secrets_stay_hidden_through_an_outage(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
-    with NatsServer(tmp_path / "server", args=["--user", "alice", "--pass", PASSWORD]
-                    ) as server:
+    with nats_server(tmp_path / "server", args=["--user", "alice", "--pass", PASSWORD]
+                     ) as server:
         url = server.url.replace("://", f"://alice:{PASSWORD}@")
         async with open_nats_backend(url, bucket="outage") as store:
             texts.append(repr(store))
@@ -401,8 +405,8 @@ async def noleader(*args: str, env: dict[str, str] | None = None, limit: float =
 async def test_the_command_line_never_prints_a_secret(tmp_path: Path) -> None:
     outputs = []
     auth = ["--user", "alice", "--pass", PASSWORD]
-    with NatsServer(tmp_path / "js", args=auth) as server, \
-            NatsServer(tmp_path / "nojs", jetstream=False, args=auth) as plain:
+    with nats_server(tmp_path / "js", args=auth) as server, \
+            nats_server(tmp_path / "nojs", jetstream=False, args=auth) as plain:
         host, plain_host = (s.url.partition("://")[2] for s in (server, plain))
         good = f"nats://alice:{PASSWORD}@{host}/cli"
         wrong = f"nats://alice:wr0ng-{PASSWORD}@{host}/cli"

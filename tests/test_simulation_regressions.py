@@ -42,9 +42,11 @@ from hypothesis import given
 
 from trio_noleader import MemoryBackend, hold_leadership
 from trio_noleader.testing import (
+    LEADER,
     Candidate,
     Crash,
     FaultyBackend,
+    Latency,
     Lossy,
     Partition,
     Pause,
@@ -129,3 +131,17 @@ def test_bug3_lost_replies_make_the_renewal_loop_spin() -> None:
     trace.check_all()
     # The renewals landed, so the lease held throughout: one term, never lost.
     assert [(t.name, t.start, t.end) for t in trace.terms] == [("c0", 0.0, 40.0)]
+
+
+# -- a harness bug: crash times off by a few ulps ---------------------------------------
+
+def test_crash_time_is_the_scheduled_one() -> None:
+    # The runner recorded a crash at trio's clock less the run's start,
+    # 0.40700000000000003 here, so check_liveness counted the crashed candidate as
+    # alive in a quiet window that began at exactly 0.407.
+    schedule = Schedule(Timing(10, 3.333, 1), (Candidate(latency=Latency(0, 0.159)),),
+                        (Crash(LEADER, 0.407),), write_every=1.666, run_until=27.073,
+                        seed=196)
+    trace = simulate(schedule)
+    assert trace.crashed == {0: 0.407}
+    trace.check_all()

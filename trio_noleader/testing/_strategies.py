@@ -140,13 +140,29 @@ def _fault(draw: st.DrawFn, kinds: Sequence[type[Fault]], candidates: int, timin
 
 
 @st.composite
+def _handover(draw: st.DrawFn, timing: Timing, timeline: Sequence[Fault],
+              candidates: Sequence[Candidate]) -> Restart:
+    ttl_ms = round(timing.ttl * 1000)
+    renew_ms = round(timing.renew_interval * 1000)
+    quiet = max([*(f.settled if isinstance(f, Slow) else f.end for f in timeline),
+                 *(c.start for c in candidates)])
+    # A fault-free ttl + renew_interval elects a leader (check_liveness) and is
+    # what check_handover wants before a step-down; the extra wait moves the
+    # step-down about within the leader's renewal cycle.
+    settle_ms = ttl_ms + renew_ms
+    at = _ms(math.ceil(quiet * 1000) + settle_ms + draw(st.integers(0, renew_ms)))
+    return Restart(LEADER, at, _ms(draw(st.integers(0, 2 * ttl_ms))))
+
+
+@st.composite
 def schedules(draw: st.DrawFn, *, min_candidates: int = 1, max_candidates: int = 8,
               modes: Collection[Mode] = MODES,
               faults: Collection[type[Fault]] = FAULT_KINDS, max_faults: int = 8,
               timing: st.SearchStrategy[Timing] | None = None, horizon: float = 3.0,
               max_drift: float = 0.99,
               request_loss: Sequence[float] = LOSS_PROBABILITIES,
-              reply_loss: Sequence[float] = LOSS_PROBABILITIES) -> Schedule:
+              reply_loss: Sequence[float] = LOSS_PROBABILITIES,
+              handover: bool = False) -> Schedule:
     """Schedules of an election under faults: candidates, timing and a fault timeline.
 
     Example::
@@ -176,6 +192,14 @@ def schedules(draw: st.DrawFn, *, min_candidates: int = 1, max_candidates: int =
         request_loss (Sequence[float]): The probabilities a :class:`Lossy` fault
             draws for losing a request (shrinking towards the first).
         reply_loss (Sequence[float]): Likewise for losing a write's reply.
+        handover (bool): Also end the timeline with a :class:`Restart` of
+            :data:`LEADER` (a graceful step-down) in a quiet stretch: at least
+            ``ttl + renew_interval`` after every other fault has ended and every
+            candidate has started, so that someone leads then and the others wait
+            on the key, and with at least two candidates. Then
+            :meth:`Trace.check_handover` has a step-down to check in most examples
+            (not in all: a crash may have left nobody else). Random restarts
+            rarely meet those conditions (about 1 schedule in 200).
 
     The run lasts until every fault has ended (and a slow link's requests have
     landed), plus two ``ttl + renew_interval`` windows, so that liveness is
@@ -184,6 +208,9 @@ def schedules(draw: st.DrawFn, *, min_candidates: int = 1, max_candidates: int =
     if not 1 <= min_candidates <= max_candidates:
         raise ValueError(f"need 1 <= min_candidates <= max_candidates, got "
                          f"{min_candidates}, {max_candidates}")
+    if handover and max_candidates < 2:
+        raise ValueError(f"handover needs max_candidates >= 2 (someone to take over), "
+                         f"got {max_candidates}")
     if not modes:
         raise ValueError("modes must not be empty")
     unknown = [kind for kind in faults if kind not in FAULT_KINDS]
@@ -192,7 +219,8 @@ def schedules(draw: st.DrawFn, *, min_candidates: int = 1, max_candidates: int =
     if not request_loss or not reply_loss:
         raise ValueError("request_loss and reply_loss must not be empty")
     drawn_timing = draw(timing if timing is not None else timings())
-    count = draw(st.integers(min_candidates, max_candidates))
+    count = draw(st.integers(max(min_candidates, 2) if handover else min_candidates,
+                             max_candidates))
     candidates = tuple(draw(_candidate(drawn_timing, sorted(modes), max_drift))
                        for _ in range(count))
     ttl_ms = round(drawn_timing.ttl * 1000)
@@ -207,6 +235,8 @@ def schedules(draw: st.DrawFn, *, min_candidates: int = 1, max_candidates: int =
     timeline.sort(key=lambda f: (f.at, repr(f)))
     write_every = _ms(draw(st.just(max(1, renew_ms // 2))
                            | st.integers(max(1, renew_ms // 4), 2 * renew_ms)))
+    if handover:
+        timeline.append(draw(_handover(drawn_timing, timeline, candidates)))
     settled = max([max(f.settled if isinstance(f, Slow) else f.end for f in timeline),
                    *(c.start for c in candidates)] if timeline
                   else [c.start for c in candidates])
