@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import bridge, contention, failover, handover, renewal
+from . import bridge, contention, failover, handover, postgres, renewal
 from ._common import Env, Target, nats_backend_available
 from ._plot import plot
 from ._server import NatsServer, nats_server_binary
@@ -40,9 +40,10 @@ SCENARIOS: dict[str, ModuleType] = {
     "renewal": renewal,
     "failover": failover,
     "contention": contention,
+    "postgres": postgres,
 }
 #: In the order they are numbered and printed.
-PRINT_ORDER = ["handover", "failover", "renewal", "bridge", "contention"]
+PRINT_ORDER = ["handover", "failover", "renewal", "bridge", "contention", "postgres"]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 

@@ -21,14 +21,15 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
 
 import trio_noleader
-from trio_noleader.abc import Backend, Entry
+from trio_noleader import NoLeaderError
+from trio_noleader.abc import Backend, Entry, Update
 
 __all__ = ["CountingBackend", "main"]
 
@@ -97,6 +98,11 @@ class CountingBackend(Backend):
     async def update(self, key: str, value: bytes, *, revision: int, ttl: float) -> int:
         self.calls["update"] += 1
         return await self.inner.update(key, value, revision=revision, ttl=ttl)
+
+    async def update_many(self, updates: Sequence[Update]) -> list[int | NoLeaderError]:
+        # Delegated, so that the core batches renewals as it does on the bare backend.
+        self.calls["update"] += len(updates)
+        return await self.inner.update_many(updates)
 
     async def get(self, key: str) -> Entry | None:
         self.calls["get"] += 1

@@ -28,8 +28,10 @@ from trio_noleader.abc import Backend
 
 from .harness import BackendSpec, SharedStore
 from .nats_fixture import delete_bucket, open_test_backend, stream_state
+from .postgres_fixture import drop_tables, table_state
+from .postgres_fixture import open_test_backend as open_postgres_test_backend
 
-__all__ = ["BACKENDS", "MEMORY", "NATS", "SHARED_BACKENDS", "SPECS", "SQLITE"]
+__all__ = ["BACKENDS", "MEMORY", "NATS", "POSTGRES", "SHARED_BACKENDS", "SPECS", "SQLITE"]
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -129,8 +131,43 @@ NATS = BackendSpec(
     shared=SharedStore(_nats_url, ttl=2, handover=0.2))
 
 
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _open_postgres(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    async with open_postgres_test_backend(request) as backend:
+        yield backend
+
+
+async def _postgres_state(backend: Backend) -> object:
+    from trio_noleader._postgres import PostgresBackend
+
+    assert isinstance(backend, PostgresBackend)
+    return await table_state(backend)
+
+
+@asynccontextmanager
+async def _postgres_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    server: str = request.getfixturevalue("postgres_url")
+    table = f"mp_{uuid.uuid4().hex[:16]}"
+    try:
+        yield f"{server}?table={table}"
+    finally:
+        await drop_tables(server, table)
+
+
+# Real clock (under MockClock trio-asyncio would hand asyncpg virtual time). Expiry is
+# seen by a timer set from the server's count, late by little more than a round trip;
+# the slack is for a loaded 2-core CI machine.
+POSTGRES = BackendSpec(
+    "postgres", _open_postgres, _postgres_state, ttl=1.0, latency=0.25, expiry_slack=0.25,
+    virtual_time=False, marks=(pytest.mark.postgres,),
+    shared=SharedStore(_postgres_url, ttl=1.5, handover=0.2))
+
+
 #: Every backend under test.
-SPECS: tuple[BackendSpec, ...] = (MEMORY, SQLITE, NATS)
+SPECS: tuple[BackendSpec, ...] = (MEMORY, SQLITE, NATS, POSTGRES)
 
 #: The ``spec`` fixture's parameters: one per backend, with its marks.
 BACKENDS: list[pytest.ParameterSet] = [spec.param() for spec in SPECS]

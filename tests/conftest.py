@@ -16,6 +16,10 @@ from .nats_fixture import (
     nats_url,  # noqa: F401  (the session's nats-server)
     require_nats_extra,
 )
+from .postgres_fixture import (
+    postgres_url,  # noqa: F401  (the session's PostgreSQL)
+    require_postgres_extra,
+)
 
 settings.register_profile(
     "quick", max_examples=60, deadline=None,
@@ -33,6 +37,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     # for nats_url) would lose its reason.
     if item.get_closest_marker("nats") is not None:
         require_nats_extra()
+    if item.get_closest_marker("postgres") is not None:
+        require_postgres_extra()
 
 
 @pytest.fixture(params=BACKENDS)

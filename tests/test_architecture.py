@@ -28,7 +28,8 @@ LAYERS: list[set[str]] = [
     {"abc"},
     {"_release", "_context", "_reentry", "_hub", "_batch"},
     {"_aio", "_memory", "_sqlite_file", "_sqlite", "_nats_base", "_nats_watch", "_nats",
-     "_nats_setup", "_open"},
+     "_nats_setup", "_postgres_sql", "_postgres_watch", "_postgres", "_postgres_setup",
+     "_open"},
     {"_campaign", "_election"},
     {"_helpers"},
     {"testing._faults", "testing._fence", "testing._schedule", "testing._trace",
@@ -43,6 +44,7 @@ LAYERS: list[set[str]] = [
 #: Third-party imports allowed only in these modules (the optional extras).
 EXTRAS: dict[str, set[str]] = {
     "nats": {"_nats_base", "_nats_watch", "_nats", "_nats_setup"},
+    "asyncpg": {"_postgres", "_postgres_setup"},
     "trio_asyncio": {"_aio"},
     "hypothesis": {"testing._strategies"},
 }
@@ -205,11 +207,13 @@ def test_public_classes_have_public_qualnames() -> None:
 
 
 def test_lazy_names_do_not_import_the_extra_early() -> None:
-    # A fresh interpreter: importing trio_noleader must not import nats.
+    # A fresh interpreter: importing trio_noleader must not import nats or asyncpg.
     code = ("import sys, trio_noleader, trio_noleader.testing; "
             "assert 'nats' not in sys.modules and 'trio_asyncio' not in sys.modules "
+            "and 'asyncpg' not in sys.modules "
             "and 'hypothesis' not in sys.modules, sorted(sys.modules); "
-            "assert 'NatsBackend' in dir(trio_noleader)")
+            "assert 'NatsBackend' in dir(trio_noleader); "
+            "assert 'PostgresBackend' in dir(trio_noleader)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

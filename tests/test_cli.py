@@ -107,6 +107,11 @@ async def test_status_and_watch(url: str, tmp_path: Path) -> None:
         assert code == 122, out
         assert f"no SQLite lease store at '{tmp_path / 'leases.db'}'" in out
         assert os.listdir(tmp_path) == []
+    await status_and_watch(url)
+
+
+async def status_and_watch(url: str) -> None:
+    """``status`` after a term, and ``watch`` following one, on the store *url* names."""
     code, out = await run_cli("run", "--url", url, "w", "--", "true")
     assert code == 0, out
     code, out = await run_cli("status", "--url", url)
@@ -136,6 +141,10 @@ async def test_status_and_watch(url: str, tmp_path: Path) -> None:
         pytest.param(["status", "--url", "nats://user:s3cret@127.0.0.1:1/b"], 122,
                      "store unavailable", marks=needs_nats_extra),
         (["status", "--url", "sqlite:///proc/no/such/dir/x.db"], 122, "/proc/no/such/dir"),
+        (["status", "--url", "postgresql://user:s3cret@127.0.0.1:1/db"], 122,
+         "cannot connect to PostgreSQL at postgresql://user@127.0.0.1:1/db"),
+        (["status", "--url", "postgresql://user:s3cret@h/db?table=Bad"], 2,
+         "invalid table name 'Bad'"),
         (["run", "k", "--", "no-such-command-here"], 127, "cannot run"),
         (["run", "k", "--", "/etc/passwd"], 126, "Permission denied"),
         (["run", "--url", "sqlite:///proc/no/such/dir/x.db", "k", "--", "true"], 122,
@@ -152,13 +161,23 @@ async def test_bad_input(args: Sequence[str], code: int, message: str, url: str)
     assert "Traceback" not in out
 
 
-@pytest.mark.parametrize("store", ["sqlite", pytest.param("nats", marks=pytest.mark.nats)])
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("nats", marks=pytest.mark.nats),
+                                   pytest.param("postgres", marks=pytest.mark.postgres)])
 async def test_demo_ends_by_itself(store: str, request: pytest.FixtureRequest) -> None:
     url = []
     if store == "nats":
         url = ["--url", f"{request.getfixturevalue('nats_url')}/demo_{os.getpid()}"]
-    code, out = await run_cli("demo", "--rounds", "1", "--pause", "0.2", "--ttl", "1", *url,
-                              limit=60)
+    elif store == "postgres":
+        table = f"demo_{os.getpid()}_{time.time_ns()}"
+        url = ["--url", f"{request.getfixturevalue('postgres_url')}?table={table}"]
+    try:
+        code, out = await run_cli("demo", "--rounds", "1", "--pause", "0.2", "--ttl", "1",
+                                  *url, limit=60)
+    finally:
+        if store == "postgres":
+            from .postgres_fixture import drop_tables
+
+            await drop_tables(request.getfixturevalue("postgres_url"), table)
     assert code == 0, out
     assert "graceful handover" in out
     assert "crash failover" in out
@@ -349,3 +368,12 @@ async def test_the_default_store_directory_is_created_on_demand_only(tmp_path: P
     assert state.stat().st_mode & 0o777 == 0o700
     async with noleader("status", "--json", env=env) as proc:
         assert await proc.wait() == 0, proc.output
+@pytest.mark.postgres
+async def test_status_and_watch_on_postgres(postgres_url: str) -> None:
+    from .postgres_fixture import drop_tables
+
+    table = f"cli_{os.getpid()}_{time.time_ns()}"
+    try:
+        await status_and_watch(f"{postgres_url}?table={table}")
+    finally:
+        await drop_tables(postgres_url, table)

@@ -121,14 +121,13 @@ def _started_pid(proc: Proc) -> int:
 async def test_no_process_of_the_tree_outlives_a_sigkilled_noleader(tmp_path: Path) -> None:
     # A grandchild in the command's group, and one that left it (setsid, its parent
     # gone: re-parented). PR_SET_PDEATHSIG alone would leave both running.
-    tree = ('sleep 300 & echo "child $!"; '
-            'setsid sh -c \'sleep 301 & echo "child $!"\'; wait')
+    tree = ('sleep 300 & a=$!; '
+            'b=$(setsid sh -c \'sleep 301 >/dev/null 2>&1 & echo $!\'); '
+            'echo "children $a $b"; wait')
     url = f"sqlite://{tmp_path / 'leases.db'}?new_store_grace=off"
     async with noleader("run", "--url", url, "job", "--", "sh", "-c", tree) as proc:
-        first = await proc.expect(r"^child (\d+)$")
-        second = await proc.expect(r"^child (\d+)$",
-                                   after=proc.lines.index(first.string) + 1)
-        pids = [_started_pid(proc), int(first.group(1)), int(second.group(1))]
+        children = await proc.expect(r"^children (\d+) (\d+)$")
+        pids = [_started_pid(proc), int(children.group(1)), int(children.group(2))]
         for pid in pids:
             os.kill(pid, 0)  # all running
         proc.process.kill()

@@ -32,6 +32,8 @@ from ._version import __version__ as __version__
 if TYPE_CHECKING:
     from ._nats import NatsBackend as NatsBackend
     from ._nats_setup import open_nats_backend as open_nats_backend
+    from ._postgres import PostgresBackend as PostgresBackend
+    from ._postgres_setup import open_postgres_backend as open_postgres_backend
 
 __all__ = [
     "BackendUnavailable",
@@ -43,6 +45,7 @@ __all__ = [
     "MemoryBackend",
     "NatsBackend",
     "NoLeaderError",
+    "PostgresBackend",
     "RevisionMismatch",
     "SQLiteBackend",
     "__version__",
@@ -52,6 +55,7 @@ __all__ = [
     "hold_leadership",
     "open_backend",
     "open_nats_backend",
+    "open_postgres_backend",
     "open_sqlite_backend",
     "run_as_leader",
     "watch_leader",
@@ -61,6 +65,8 @@ __all__ = [
 _LAZY = {
     "NatsBackend": "._nats",
     "open_nats_backend": "._nats_setup",
+    "PostgresBackend": "._postgres",
+    "open_postgres_backend": "._postgres_setup",
 }
 
 

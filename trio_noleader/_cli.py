@@ -125,7 +125,8 @@ def _seconds(text: str) -> float:
 
 
 KEY_HELP = "the election key: letters, digits and - / _ = . (not starting or ending with .)"
-URL_HELP = ("the store: sqlite:///path/to/leases.db, nats://host:4222/bucket "
+URL_HELP = ("the store: sqlite:///path/to/leases.db, nats://host:4222/bucket, "
+            "postgresql://user:pw@host/db "
             "(default: $NOLEADER_URL, else an SQLite file under $XDG_STATE_HOME/noleader)")
 RUN_USAGE = ("noleader run [-h] [--url URL] [--ttl SECONDS] [--grace SECONDS] [--no-wait] "
              "KEY -- CMD [ARGS...]")

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from ._context import require_trio
 from ._memory import MemoryBackend
 from ._types import type_error
-from ._urls import parse_nats_url, parse_sqlite_url, scheme_of
+from ._urls import parse_nats_url, parse_postgres_url, parse_sqlite_url, scheme_of
 from .abc import Backend
 
 __all__ = ["open_backend"]
@@ -24,7 +24,9 @@ async def open_backend(url: str, *, create: bool = True) -> AsyncIterator[Backen
     - ``nats://host:port/bucket`` (``tls://`` too) -- :func:`open_nats_backend`;
       the bucket defaults to ``noleader``, and ``user:password@`` or ``token@``
       in the URL are passed to the server. Query parameters set a bucket created
-      here: ``?replicas=3&storage=memory``.
+      here: ``?replicas=3&storage=memory``;
+    - ``postgresql://user:password@host:port/database`` (``postgres://`` too) --
+      :func:`open_postgres_backend`; ``?table=name`` picks the lease table.
 
     The URL is checked before the module serving it (and its optional extra) is
     imported, so a malformed URL is a ``ValueError`` even without the extra.
@@ -54,6 +56,12 @@ async def open_backend(url: str, *, create: bool = True) -> AsyncIterator[Backen
         from ._sqlite import open_sqlite_backend
 
         async with open_sqlite_backend(path, create=create, **sqlite_options) as backend:
+            yield backend
+    elif kind == "postgres":
+        dsn, table = parse_postgres_url(url)
+        from ._postgres_setup import open_postgres_backend
+
+        async with open_postgres_backend(dsn, table=table) as backend:
             yield backend
     else:
         servers, bucket, options = parse_nats_url(url)

@@ -8,27 +8,34 @@ the extra is not installed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ._types import type_error
 
 __all__ = [
     "DEFAULT_BUCKET",
+    "DEFAULT_TABLE",
     "SCHEMES",
     "Default",
     "check_bucket_name",
+    "check_table_name",
+    "dsn_address",
+    "dsn_secrets",
     "merge_server_settings",
     "parse_nats_url",
+    "parse_postgres_url",
     "parse_sqlite_url",
     "path_from_url",
     "redact_url",
     "scheme_of",
+    "scrub",
 ]
 
 #: The URL schemes ``open_backend`` serves, and the kind of backend of each.
-SCHEMES = {"memory": "memory", "sqlite": "sqlite", "nats": "nats", "tls": "nats"}
+SCHEMES = {"memory": "memory", "sqlite": "sqlite", "nats": "nats", "tls": "nats",
+           "postgresql": "postgres", "postgres": "postgres"}
 
 #: The bucket of a NATS URL (or ``open_nats_backend``) that names none.
 DEFAULT_BUCKET = "noleader"
@@ -59,7 +66,7 @@ def redact_url(url: str) -> str:
 
 
 def scheme_of(url: object) -> str:
-    """The kind of backend a URL names (``memory``, ``sqlite``, ``nats``), by scheme.
+    """The kind of backend a URL names (``memory``, ``sqlite``, ``nats``, ``postgres``).
 
     Raises:
         TypeError: if *url* is not a str.
@@ -76,7 +83,7 @@ def scheme_of(url: object) -> str:
     if scheme not in SCHEMES:
         raise ValueError(
             f"unknown backend URL {redact_url(url)[:SHOWN_LENGTH]!r}: the scheme must be one "
-            "of memory://, sqlite:///path, nats://host:port/bucket"
+            "of memory://, sqlite:///path, nats://host:port/bucket, postgresql://host/db"
         )
     return SCHEMES[scheme]
 
@@ -312,3 +319,136 @@ def merge_server_settings(servers: list[str], given: dict[str, Any]
             merged[name] = value
             source.setdefault(name, here)
     return stripped, merged
+
+
+# -- PostgreSQL -----------------------------------------------------------------
+
+DEFAULT_TABLE = "noleader_leases"
+
+#: Lower-case SQL identifiers only, so that the quoted name means what the bare one does.
+_IDENTIFIER_RE = re.compile(r"[a-z_][a-z0-9_]*")
+#: PostgreSQL truncates identifiers to 63 bytes (NAMEDATALEN - 1).
+MAX_IDENTIFIER = 63
+#: The sequence is named ``<table>_revision``; it must fit in an identifier too.
+SEQUENCE_SUFFIX = "_revision"
+MAX_TABLE_NAME = MAX_IDENTIFIER - len(SEQUENCE_SUFFIX)
+
+_TABLE_RULE = (
+    "a table name is a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most "
+    f"{MAX_TABLE_NAME} characters), optionally after a schema name and a dot "
+    "(myschema.leases)"
+)
+
+
+def check_table_name(table: object) -> tuple[str | None, str]:
+    """Return ``(schema, table)`` for a valid *table* name, else raise.
+
+    Raises:
+        TypeError: if *table* is not a str.
+        ValueError: if it breaks the identifier rule.
+    """
+    if not isinstance(table, str):
+        raise type_error("table", table, "a str")
+    schema, dot, name = table.rpartition(".")
+    parts = [schema, name] if dot else [name]
+    for part in parts:
+        if not _IDENTIFIER_RE.fullmatch(part) or len(part) > MAX_IDENTIFIER:
+            raise ValueError(f"invalid table name {table!r:.80}: {_TABLE_RULE}")
+    if len(name) > MAX_TABLE_NAME:
+        raise ValueError(f"table name {table!r:.80} is too long: {_TABLE_RULE}")
+    return (schema if dot else None), name
+
+
+def _userinfo_and_hosts(netloc: str) -> tuple[str, str]:
+    # Hosts never contain "@": the last one ends the credentials.
+    userinfo, at, hosts = netloc.rpartition("@")
+    return (userinfo if at else ""), hosts
+
+
+def parse_postgres_url(url: str) -> tuple[str, str]:
+    """Split ``postgresql://...?table=name`` into ``(dsn for asyncpg, table)``.
+
+    Checks the form only, no I/O: the scheme, the ports, no fragment.
+
+    Raises:
+        ValueError: for a malformed URL (the message never shows a password).
+    """
+    shown = dsn_address(url)
+    scheme, sep, _ = url.partition("://")
+    if not sep or SCHEMES.get(scheme.lower()) != "postgres":
+        raise ValueError(
+            f"not a PostgreSQL URL: {shown!r:.200} (expected "
+            "postgresql://user:password@host:port/database)")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"malformed PostgreSQL URL {shown!r:.200}: {exc}") from None
+    if parts.fragment or url.endswith("#"):
+        raise ValueError(f"PostgreSQL URL {shown!r:.200}: a fragment (#...) means nothing here")
+    _, hosts = _userinfo_and_hosts(parts.netloc)
+    for host in hosts.split(","):
+        name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        if colon and name and not port.isdigit():
+            raise ValueError(f"PostgreSQL URL {shown!r:.200}: bad port {port!r} in {host!r}")
+        if colon and port.isdigit() and not 0 < int(port) < 65536:
+            raise ValueError(f"PostgreSQL URL {shown!r:.200}: port {port} out of range")
+    table = DEFAULT_TABLE
+    query = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "table":
+            try:
+                check_table_name(value)
+            except ValueError as exc:
+                raise ValueError(f"PostgreSQL URL {shown!r:.200}: {exc}") from None
+            table = value
+        else:
+            query.append((name, value))
+    if len(query) == len(parse_qsl(parts.query, keep_blank_values=True)):
+        return url, table
+    dsn = parts._replace(query=urlencode(query)).geturl()
+    return dsn, table
+
+
+def _parts(dsn: str) -> tuple[str, str, str, str, str] | None:
+    """``(scheme, userinfo, hosts, database, query)`` of a URL-form DSN, else None."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return None
+    head, _, query = rest.partition("?")
+    userinfo, hosts = _userinfo_and_hosts(head.partition("#")[0])
+    hosts, slash, database = hosts.partition("/")
+    return scheme, userinfo, hosts, (database if slash else ""), query.partition("#")[0]
+
+
+def dsn_address(dsn: str) -> str:
+    """*dsn* as it may be shown: no password, no query string. Never raises."""
+    parts = _parts(dsn)
+    if parts is None:
+        return "<a PostgreSQL DSN>"
+    scheme, userinfo, hosts, database, _ = parts
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{f'{user}@' if user else ''}{hosts}/{database}"
+
+
+def dsn_secrets(dsn: str, options: Mapping[str, Any]) -> list[str]:
+    """Passwords in *dsn* and *options*, to scrub from error messages."""
+    found = [value for name in ("password", "sslpassword")
+             if isinstance(value := options.get(name), str) and value]
+    parts = _parts(dsn)
+    if parts is not None:
+        _, userinfo, _, _, query = parts
+        _, colon, password = userinfo.partition(":")
+        if colon and password:
+            found += [password, unquote(password)]
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            if name in ("password", "sslpassword") and value:
+                found.append(value)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """*text* with every known secret replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

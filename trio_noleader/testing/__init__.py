@@ -47,6 +47,7 @@ from ._schedule import Schedule as Schedule
 from ._schedule import Slow as Slow
 from ._schedule import Timing as Timing
 from ._servers import NatsServer as NatsServer
+from ._servers import PostgresServer as PostgresServer
 from ._simulation import LeaderContext as LeaderContext
 from ._simulation import default_body as default_body
 from ._trace import FaultSpan as FaultSpan
@@ -88,6 +89,7 @@ __all__ = [
     "Outage",
     "Partition",
     "Pause",
+    "PostgresServer",
     "Restart",
     "Schedule",
     "Slow",
