@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import bridge, contention, failover, handover, renewal
+from . import _profile, bridge, contention, failover, handover, renewal, scale
 from ._common import Env, Target, nats_backend_available
 from ._plot import plot
 from ._server import NatsServer, nats_server_binary
@@ -40,9 +40,10 @@ SCENARIOS: dict[str, ModuleType] = {
     "renewal": renewal,
     "failover": failover,
     "contention": contention,
+    "scale": scale,
 }
 #: In the order they are numbered and printed.
-PRINT_ORDER = ["handover", "failover", "renewal", "bridge", "contention"]
+PRINT_ORDER = ["handover", "failover", "renewal", "bridge", "contention", "scale"]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -96,6 +97,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated scenarios to run, of: " + ", ".join(SCENARIOS))
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for the random kill phases (default: from the clock)")
+    profile = parser.add_mutually_exclusive_group()
+    profile.add_argument("--profile", dest="profile", action="store_true", default=None,
+                         help="also run profiled (py-spy) processes; the default in a full "
+                              "run when py-spy is installed")
+    profile.add_argument("--no-profile", dest="profile", action="store_false",
+                         help="no profiled runs")
     parser.add_argument("--no-nats", action="store_true",
                         help="do not start a nats-server; memory and SQLite rows only")
     parser.add_argument("--replot", type=Path, default=None, metavar="JSON",
@@ -176,9 +183,17 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, RuntimeError) as exc:
                 nats_note = f"nats-server did not start: {exc}"
                 server = None
+        profile = (not args.quick) if args.profile is None else args.profile
+        profile_dir = None
+        if profile and _profile.py_spy() is None:
+            sys.stderr.write("no profiles: py-spy is not installed (pip install py-spy)\n")
+        elif profile:
+            profile_dir = args.out / f"profiles-{time.strftime('%Y%m%d-%H%M%S')}"
+            profile_dir.mkdir(parents=True, exist_ok=True)
         env = Env(quick=args.quick, tmp=tmp, seed=seed,
                   nats_url=None if server is None else server.url,
-                  nats_skip=nats_note or nats_backend_available())
+                  nats_skip=nats_note or nats_backend_available(),
+                  profile_dir=profile_dir)
         if env.nats_skip:
             env.progress(f"NATS rows skipped: {env.nats_skip}")
         meta = machine(None if server is None else server.version)

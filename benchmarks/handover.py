@@ -7,7 +7,8 @@ times both ends. A trial runs from the last instruction of the leader's body
 the first instruction of the next candidate's body. The next candidate starts
 campaigning only once the leader is elected and the leader holds for a *settle*
 time, so the next candidate is already waiting on its watch when the lease is
-released, as a standby is. The first few trials warm up and are not counted.
+released, as a standby is. The first few trials of each round warm up and are
+not counted; the raw baseline and the library alternate in rounds.
 
 Baseline, same run: :func:`benchmarks._raw.raw_handover`, plain nats-py on asyncio
 in its own process: a compare-and-set delete, a second connection's watcher sees
@@ -35,7 +36,8 @@ TTL = 5.0
 WARMUP = 5
 #: Seconds the leader holds before leaving, so that the next candidate is watching.
 SETTLE = {"memory": 0.005, "sqlite": 0.04, "nats": 0.03}
-TARGET_P99_NATS = 0.010
+TARGET_P50_RATIO = 1.3
+TARGET_P99_RATIO = 2.0
 
 
 async def _alternate(backends: tuple[Backend, Backend], trials: int, settle: float) -> list[float]:
@@ -78,26 +80,33 @@ async def _library(env: Env, trials: int) -> dict[str, list[float]]:
 
 
 async def _library_rows(env: Env, trials: int, results: dict[str, list[float]]) -> None:
-    env.progress(f"handover: memory, {trials} trials")
     store = trio_noleader.MemoryBackend()
     results["memory"] = await _alternate((store, store), trials, SETTLE["memory"])
     for name, url in env.library_backends("handover"):
-        env.progress(f"handover: {name}, {trials} trials")
         async with trio_noleader.open_backend(url) as first, \
                 trio_noleader.open_backend(url) as second:
             results[name] = await _alternate((first, second), trials, SETTLE[name])
 
 
 def run(env: Env) -> dict[str, Any]:
-    trials = 40 if env.quick else 250
-    result: dict[str, Any] = {"trials": trials, "warmup": WARMUP, "ttl": TTL,
+    rounds, per_round = (2, 20) if env.quick else (5, 50)
+    trials = rounds * per_round
+    result: dict[str, Any] = {"trials": trials, "rounds": rounds, "warmup": WARMUP, "ttl": TTL,
                               "settle": SETTLE, "samples": {}}
-    if env.nats_url is not None:
-        env.progress(f"handover: raw nats-py baseline, {trials} trials")
-        raw = run_json("_raw", "handover", env.nats_url, "bench_raw", trials + WARMUP,
-                       SETTLE["nats"], timeout=60 + trials * 0.2, logdir=env.logdir)
-        result["samples"]["raw nats-py"] = raw["samples"][WARMUP:]
-    result["samples"].update(trio.run(_library, env, trials))
+    samples: dict[str, list[float]] = result["samples"]
+    env.progress(f"handover: {rounds} rounds of {per_round} trials per case: "
+                 + ("raw nats-py, " if env.nats_url is not None else "")
+                 + ", ".join(["memory", *(name for name, _ in env.library_backends("handover"))]))
+    # Raw and library alternate, round by round, so that drift of the machine (other
+    # load, thermal, the server's own housekeeping) hits both alike.
+    for n in range(rounds):
+        if env.nats_url is not None:
+            raw = run_json("_raw", "handover", env.nats_url, f"bench_raw_{n}",
+                           per_round + WARMUP, SETTLE["nats"],
+                           timeout=60 + per_round * 0.2, logdir=env.logdir)
+            samples.setdefault("raw nats-py", []).extend(raw["samples"][WARMUP:])
+        for name, values in trio.run(_library, env, per_round).items():
+            samples.setdefault(name, []).extend(values)
     return result
 
 
@@ -109,19 +118,17 @@ def _label(name: str) -> str:
 def table(results: dict[str, Any]) -> Table:
     result = results["handover"]
     t = Table("1. Graceful handover: leader leaves its block -> next body starts (ms)",
-              ["case", "n", "p50", "p99", "max", "p50 / raw", "p99 / raw", "target"])
+              ["case", "n", "p50", "p99", "max", "p50 / raw", "p99 / raw"])
     samples: dict[str, list[float]] = result["samples"]
     raw = Dist.of(samples.get("raw nats-py", [])).scaled(1e3)
     for name, values in samples.items():
         d = Dist.of(values).scaled(1e3)
-        target = ""
-        if name == "nats":
-            met = d.p99 < TARGET_P99_NATS * 1e3
-            target = f"p99 < {TARGET_P99_NATS * 1e3:g} ms: {'met' if met else 'MISSED'}"
         t.add(_label(name), d.n, d.p50, d.p99, d.max, times(ratio(d.p50, raw.p50)),
-              times(ratio(d.p99, raw.p99)), target)
+              times(ratio(d.p99, raw.p99)))
     if "raw nats-py" not in samples:
         t.note("no nats-server: no raw baseline, ratios omitted")
+    t.note(f"{result.get('rounds', 1)} alternating rounds (raw, then the library), "
+           f"{WARMUP} warm-up trials each not counted")
     t.note(f"ttl {result['ttl']:g} s; the standby campaigns {SETTLE['nats'] * 1e3:g} ms "
            f"(sqlite {SETTLE['sqlite'] * 1e3:g} ms) before the leader leaves; "
            f"sqlite sees the other connection's write by polling every 25 ms")
@@ -130,8 +137,18 @@ def table(results: dict[str, Any]) -> Table:
 
 def targets(results: dict[str, Any]) -> list[Target]:
     samples = results.get("handover", {}).get("samples", {})
-    if "nats" not in samples:
-        return [Target("graceful handover on NATS", "p99 < 10 ms", "-", None)]
+    rules = (f"p50 <= {TARGET_P50_RATIO:g}x raw p50", f"p99 <= {TARGET_P99_RATIO:g}x raw p99")
+    if "nats" not in samples or "raw nats-py" not in samples:
+        return [Target(f"graceful handover on NATS, {which}", rule, "-", None)
+                for which, rule in zip(("p50", "p99"), rules, strict=True)]
     d = Dist.of(samples["nats"])
-    return [Target("graceful handover on NATS", f"p99 < {TARGET_P99_NATS * 1e3:g} ms",
-                   f"p99 {d.p99 * 1e3:.2f} ms", d.p99 < TARGET_P99_NATS)]
+    raw = Dist.of(samples["raw nats-py"])
+    r50, r99 = ratio(d.p50, raw.p50), ratio(d.p99, raw.p99)
+    return [
+        Target("graceful handover on NATS, p50", rules[0],
+               f"{d.p50 * 1e3:.2f} ms = {times(r50)} of {raw.p50 * 1e3:.2f} ms",
+               r50 <= TARGET_P50_RATIO),
+        Target("graceful handover on NATS, p99", rules[1],
+               f"{d.p99 * 1e3:.2f} ms = {times(r99)} of {raw.p99 * 1e3:.2f} ms",
+               r99 <= TARGET_P99_RATIO),
+    ]
