@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"_helpers"},
     {"testing._faults", "testing._fence", "testing._schedule", "testing._trace",
      "testing._strategies", "testing._simulation", "testing._runner", "testing._servers",
+     "testing._proxy",
      "testing"},
     {"_cli", "__main__"},
     {""},  # the package's __init__
