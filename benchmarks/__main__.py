@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import _profile, bridge, contention, failover, handover, renewal, scale
+from . import _profile, bridge, contention, distance, failover, handover, renewal, scale
 from ._common import Env, Target, nats_backend_available
 from ._plot import plot
 from ._server import NatsServer, nats_server_binary
@@ -39,11 +39,12 @@ SCENARIOS: dict[str, ModuleType] = {
     "bridge": bridge,
     "renewal": renewal,
     "failover": failover,
+    "distance": distance,
     "contention": contention,
     "scale": scale,
 }
 #: In the order they are numbered and printed.
-PRINT_ORDER = ["handover", "failover", "renewal", "bridge", "contention", "scale"]
+PRINT_ORDER = ["handover", "failover", "distance", "renewal", "bridge", "contention", "scale"]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 

@@ -67,7 +67,7 @@ def run_json(module: str, *args: object, timeout: float, logdir: Path,
 
 
 class Worker:
-    """One long-running subprocess (``benchmarks._worker``) that writes JSON lines."""
+    """One long-running subprocess (``benchmarks._worker`` or ``_raw``) writing JSON lines."""
 
     def __init__(self, process: trio.Process, name: str, log: Path) -> None:
         self.process = process
@@ -78,11 +78,12 @@ class Worker:
 
     @classmethod
     async def start(cls, name: str, *args: object, logdir: Path,
-                    env: dict[str, str] | None = None) -> Worker:
+                    env: dict[str, str] | None = None, module: str = "_worker") -> Worker:
+        """Start ``python -m benchmarks.<module> ARGS`` (``_worker`` by default)."""
         log = logdir / f"{name}.stderr"
         with log.open("wb") as stderr:
             process = await trio.lowlevel.open_process(
-                _command("_worker", args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                _command(module, args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=stderr, env=_env(env))
         return cls(process, name, log)
 

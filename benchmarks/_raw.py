@@ -4,6 +4,7 @@ Run as a subprocess by the scenarios, so that no trio or trio-asyncio is even
 imported here::
 
     python -m benchmarks._raw handover URL BUCKET TRIALS SETTLE
+    python -m benchmarks._raw handover-peer URL BUCKET KEY
     python -m benchmarks._raw nats-cas URL BUCKET CALLS WARMUP TTL
     python -m benchmarks._raw expiry URL BUCKET TRIALS TTL[,TTL...]
     python -m benchmarks._raw sqlite-cas PATH CALLS WARMUP TTL
@@ -12,6 +13,7 @@ imported here::
     python -m benchmarks._raw nats-gather URL BUCKET CALLS WARMUP TTL BATCH
     python -m benchmarks._raw nats-pipelined URL BUCKET CALLS WARMUP TTL BATCH
     python -m benchmarks._raw watch-delay URL BUCKET TRIALS
+    python -m benchmarks._raw ping URL TRIALS
 
 Each prints one JSON object on stdout: ``samples`` (seconds per trial or call),
 and for the CAS loops ``cpu`` (process CPU seconds over the timed calls) and
@@ -157,6 +159,74 @@ async def raw_handover(url: str, bucket: str, trials: int, settle: float) -> dic
     finally:
         for conn in conns:
             await conn.close()
+
+
+def _emit(**fields: Any) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+async def raw_handover_peer(url: str, bucket: str, key: str) -> dict[str, Any]:
+    """One side of a handover between two processes, driven by lines on stdin.
+
+    One connection and one watcher of *key*, open for the whole run. Commands,
+    each answered by an event numbered N from 1 (times on CLOCK_MONOTONIC, one
+    clock for the host):
+
+    - ``hold``: create the key (compare-and-set on revision 0): ``held-N``.
+    - ``take REVISION``: wait until the watcher shows a delete newer than
+      REVISION, create over it (compare-and-set on the delete's revision, with a
+      TTL): ``waiting-N`` at once, then ``taken-N`` with the time of the ack.
+    - ``release``: the time, then a compare-and-set delete of our revision:
+      ``released-N``.
+    """
+    import nats
+
+    ttl = 5
+    nc = await nats.connect(url)
+    try:
+        kv = await _kv(nc, bucket)
+        js = nc.jetstream()
+        subject = f"$KV.{bucket}.{key}"
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        watcher: Any = await kv.watch(key)
+
+        async def pump() -> None:
+            async for entry in watcher:
+                queue.put_nowait(entry)
+
+        pumping = asyncio.create_task(pump())
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        revision = 0
+        n = 0
+        while line := (await reader.readline()).decode().strip():
+            n += 1
+            command, _, argument = line.partition(" ")
+            if command == "hold":
+                revision = await publish_cas(js, subject, b"raw", 0, ttl)
+                _emit(event=f"held-{n}", revision=revision)
+            elif command == "take":
+                after = int(argument)
+                _emit(event=f"waiting-{n}")
+                while True:
+                    entry = await queue.get()
+                    if (entry is not None and entry.revision > after
+                            and entry.operation in ("DEL", "PURGE")):
+                        break
+                revision = await publish_cas(js, subject, b"raw", entry.revision, ttl)
+                _emit(event=f"taken-{n}", t=time.monotonic(), revision=revision)
+            elif command == "release":
+                t = time.monotonic()
+                await kv.delete(key, last=revision)
+                _emit(event=f"released-{n}", t=t)
+        await watcher.stop()
+        pumping.cancel()
+        await asyncio.gather(pumping, return_exceptions=True)
+        return {"done": n}
+    finally:
+        await nc.close()
 
 
 async def raw_nats_cas(url: str, bucket: str, calls: int, warmup: int,
@@ -489,6 +559,23 @@ def raw_sqlite_renewal(path: str, leases: int, ttl: float, rounds: int,
         conn.close()
 
 
+async def raw_ping(url: str, trials: int) -> dict[str, Any]:
+    """Round trips to the server: ``flush()`` (a PING answered by a PONG), one at a time."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        await nc.flush()
+        samples: list[float] = []
+        for _ in range(trials):
+            t0 = time.perf_counter()
+            await nc.flush()
+            samples.append(time.perf_counter() - t0)
+        return {"samples": samples}
+    finally:
+        await nc.close()
+
+
 async def raw_watch_delay(url: str, bucket: str, trials: int) -> dict[str, Any]:
     """From sending a compare-and-set delete to a second connection's watcher seeing it.
 
@@ -565,6 +652,12 @@ def main(argv: list[str]) -> int:
         if mode not in ("each", "batch"):
             raise SystemExit(f"sqlite-renewal: MODE must be each or batch, not {mode!r}")
         result = raw_sqlite_renewal(path, int(leases), float(ttl), int(rounds), mode)
+    elif role == "handover-peer":
+        url, bucket, key = args
+        result = asyncio.run(raw_handover_peer(url, bucket, key))
+    elif role == "ping":
+        url, trials = args
+        result = asyncio.run(raw_ping(url, int(trials)))
     elif role == "watch-delay":
         url, bucket, trials = args
         result = asyncio.run(raw_watch_delay(url, bucket, int(trials)))

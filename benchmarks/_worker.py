@@ -1,8 +1,10 @@
 """Subprocess roles that use trio-noleader (one process each)::
 
     python -m benchmarks._worker candidate URL KEY TTL
+    python -m benchmarks._worker handover-peer URL KEY TTL
     python -m benchmarks._worker renewal URL PREFIX LEASES TTL ROUNDS MODE
     python -m benchmarks._worker contention URL KEY TASKS TTL HOLD DURATION NAME
+    python -m benchmarks._worker proxy HOST PORT
     python -m benchmarks._worker cas URL CALLS WARMUP TTL
     python -m benchmarks._worker cas-many URL CALLS WARMUP TTL BATCH
     python -m benchmarks._worker bridged-cas URL BUCKET CALLS WARMUP TTL
@@ -123,6 +125,47 @@ async def candidate(url: str, key: str, ttl: float) -> None:
         async with trio_noleader.hold_leadership(key, ttl=ttl) as lead:
             emit(event="start", t=time.monotonic(), token=lead.token)
             await wait_for_stdin_line()
+
+
+async def handover_peer(url: str, key: str, ttl: float) -> None:
+    """One candidate of a handover between two processes, driven by lines on stdin.
+
+    Commands, each answered by events numbered N from 1 (times on CLOCK_MONOTONIC):
+
+    - ``campaign``: enter ``hold_leadership``: ``campaigning-N`` at once, then
+      ``started-N`` with the time of the body's first instruction.
+    - ``leave``: the body's last instruction takes the time, the block exits (and
+      releases the lease), then ``left-N`` reports that time.
+    """
+    async with trio_noleader.open_backend(url) as backend:
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        leave = trio.Event()
+
+        async def lead(n: int) -> None:
+            emit(event=f"campaigning-{n}")
+            async with trio_noleader.hold_leadership(key, backend=backend, ttl=ttl):
+                emit(event=f"started-{n}", t=time.monotonic())
+                await leave.wait()
+                left = time.monotonic()
+            emit(event=f"left-{n}", t=left)
+
+        async with stdin, trio.open_nursery() as nursery:
+            buffer = b""
+            n = 0
+            while True:
+                chunk = await stdin.receive_some()
+                if not chunk:
+                    nursery.cancel_scope.cancel()
+                    return
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    n += 1
+                    if line.strip() == b"campaign":
+                        nursery.start_soon(lead, n)
+                    elif line.strip() == b"leave":
+                        leave.set()
+                        leave = trio.Event()
 
 
 # -- renewal cost ---------------------------------------------------------------------
@@ -286,6 +329,38 @@ async def contention(url: str, key: str, tasks: int, ttl: float, hold: float,
         # the releases at its end.
         emit(event="done", terms=terms, lost=lost, cpu=cpu, warnings=dict(warnings.counts),
              calls=backend.calls, wire=wire.snapshot(), callbacks=callbacks)
+
+
+# -- distance -------------------------------------------------------------------------
+
+
+async def proxy(host: str, port: int) -> None:
+    """A :class:`~trio_noleader.testing.FaultProxy` to *host*:*port*, driven by stdin.
+
+    Reports ``ready`` with its port; each line ``latency SECONDS`` sets the one-way
+    latency of both directions (for open connections too) and is answered by an
+    event ``latency-N`` (N counting from 1). Exits when stdin closes.
+    """
+    from trio_noleader.testing import FaultProxy
+
+    async with FaultProxy(host, port) as fault_proxy:
+        emit(event="ready", port=fault_proxy.port)
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        async with stdin:
+            buffer = b""
+            done = 0
+            while True:
+                chunk = await stdin.receive_some()
+                if not chunk:
+                    return
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    command, _, value = line.decode().partition(" ")
+                    if command == "latency":
+                        fault_proxy.set_latency(float(value))
+                        done += 1
+                        emit(event=f"latency-{done}", latency=float(value))
 
 
 # -- bridge overhead ------------------------------------------------------------------
@@ -464,6 +539,9 @@ def main(argv: list[str]) -> int:
     if role == "candidate":
         url, key, ttl = args
         trio.run(candidate, url, key, float(ttl))
+    elif role == "handover-peer":
+        url, key, ttl = args
+        trio.run(handover_peer, url, key, float(ttl))
     elif role == "renewal":
         url, prefix, leases, ttl, rounds, mode = args
         if mode not in ("batched", "unbatched"):
@@ -473,6 +551,9 @@ def main(argv: list[str]) -> int:
         url, key, tasks, ttl, hold, duration, name = args
         trio.run(contention, url, key, int(tasks), float(ttl), float(hold), float(duration),
                  name)
+    elif role == "proxy":
+        host, port = args
+        trio.run(proxy, host, int(port))
     elif role == "cas":
         url, calls, warmup, ttl = args
         trio.run(cas, url, int(calls), int(warmup), float(ttl))

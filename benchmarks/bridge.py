@@ -99,7 +99,7 @@ def _updates(out: dict[str, Any]) -> int:
 
 
 def run(env: Env) -> dict[str, Any]:
-    rounds, calls = (2, 150) if env.quick else (5, 400)
+    rounds, calls = (1, 150) if env.quick else (5, 400)
     result: dict[str, Any] = {"rounds": rounds, "calls_per_round": calls, "warmup": WARMUP,
                               "ttl": TTL, "batch": BATCH, "pairs": {}, "profiles": {}}
     for name, sides in _sides(env, calls):

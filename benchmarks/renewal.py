@@ -34,7 +34,7 @@ import math
 import uuid
 from typing import Any
 
-from . import bridge
+from . import _profile, bridge
 from ._common import Env, Target
 from ._procs import run_json
 from ._stats import Table, fmt, ratio, times
@@ -50,7 +50,7 @@ BASELINE = {"nats": "raw nats-py, a task per lease", "sqlite": "raw sqlite3, eac
 def _settings(quick: bool) -> tuple[float, int, int, list[int]]:
     """ttl, rounds, the target's lease count, and the lease counts of batched rows."""
     if quick:
-        return 3.0, 1, 500, [500]
+        return 2.0, 2, 500, [500]
     return 15.0, 3, 1000, [1, 100, 1000]
 
 
@@ -59,12 +59,26 @@ def run(env: Env) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     timeout = 180 + rounds * ttl
 
-    def library(name: str, url: str, n: int, mode: str) -> None:
+    profiles: dict[str, Any] = {}
+
+    def library(name: str, url: str, n: int, mode: str, profile: bool = False) -> None:
         env.progress(f"renewal: {name} ({mode}), {n} leases, ttl {ttl:g} s, "
-                     f"{rounds} rounds of {ttl / 3:g} s")
+                     f"{rounds} rounds of {ttl / 3:g} s" + (", profiled" if profile else ""))
         prefix = f"bench/renew/{uuid.uuid4().hex[:8]}"
+        extra = None
+        path = None
+        if profile:
+            assert env.profile_dir is not None
+            path = env.profile_dir / f"renewal-{name}-{mode}-{n}.txt"
+            extra = {_profile.PROFILE_ENV: str(path), _profile.CALLBACKS_ENV: "1"}
         out = run_json("_worker", "renewal", url, prefix, n, ttl, rounds, mode,
-                       timeout=timeout, logdir=env.logdir)
+                       timeout=timeout, logdir=env.logdir, env=extra)
+        if path is not None:
+            profiles[f"{name}, {mode}"] = {
+                "renewals": out["renewals"], "cpu": out["cpu"],
+                "callbacks": out.get("callbacks"), "file": str(path),
+                "summary": _profile.summarise(path) if path.exists() else None}
+            return
         out.update(backend=name, side="library", label=f"{name}, {mode}")
         rows.append(out)
 
@@ -87,7 +101,11 @@ def run(env: Env) -> dict[str, Any]:
         for n in counts:
             library(name, url, n, "batched")
         library(name, url, leases, "unbatched")
-    return {"ttl": ttl, "rounds": rounds, "leases": leases, "rows": rows}
+        if env.profile_dir is not None:
+            # One more run, under py-spy: where a batched renewal's CPU goes.
+            library(name, url, leases, "batched", profile=True)
+    return {"ttl": ttl, "rounds": rounds, "leases": leases, "rows": rows,
+            "profiles": profiles}
 
 
 def _per_renewal(row: dict[str, Any]) -> float:
@@ -149,6 +167,15 @@ def table(results: dict[str, Any]) -> Table:
            "each; on NATS every renewal is still one JetStream publish")
     if result["ttl"] != 15:
         t.note(f"--quick uses ttl {result['ttl']:g} s; the full run judges at ttl 15 s")
+    for key, prof in result.get("profiles", {}).items():
+        if not prof.get("summary"):
+            t.note(f"profile, {key}: none")
+            continue
+        callbacks = prof.get("callbacks")
+        per_renewal = (f"{callbacks / prof['renewals']:.2f} asyncio callbacks per renewal; "
+                       if callbacks and prof["renewals"] else "")
+        t.note(f"profile, {key} ({result['leases']:,} leases, one more run): {per_renewal}"
+               f"{_profile.describe(prof['summary'])}")
     return t
 
 
