@@ -43,6 +43,8 @@ PROCESSES = 4
 TASKS = 25
 HOLD = 0.1
 TTL = 5.0
+#: Seconds of the extra, profiled run (full run, or --profile).
+PROFILE_DURATION = 8.0
 TARGET_P50_RATIO = 3.0
 TARGET_P99 = 0.050
 
@@ -172,6 +174,18 @@ def run(env: Env) -> dict[str, Any]:
                      f"{duration:g} s")
         result["backends"][name] = run_workers(env, f"contention-{name}", url, PROCESSES,
                                                TASKS, duration)
+    if env.profile_dir is not None:
+        result["profiles"] = {}
+        for name, url in env.library_backends("contention"):
+            env.progress(f"contention: {name}, one more run of {PROFILE_DURATION:g} s, its "
+                         "first process under py-spy")
+            path = env.profile_dir / f"contention-{name}-p0.txt"
+            summary = run_workers(env, f"contention-{name}-profiled", url, PROCESSES, TASKS,
+                                  PROFILE_DURATION, profile=path)
+            p0_calls = summary["callbacks"][0]
+            result["profiles"][name] = {
+                "terms": summary["terms"], "cpu": summary["cpu"], "callbacks_p0": p0_calls,
+                "summary": summary.get("profile"), "file": str(path)}
     return result
 
 
@@ -216,6 +230,16 @@ def table(results: dict[str, Any]) -> Table:
         t.note(wire_note(name, summary))
         for text, count in sorted(summary["warnings"].items(), key=lambda kv: -kv[1])[:3]:
             t.note(f"{name}: {count} x {text}")
+    for name, prof in result.get("profiles", {}).items():
+        terms = max(int(prof["terms"]), 1)
+        cpu = ", ".join(f"{1e3 * c / terms:.1f}" for c in prof["cpu"])
+        callbacks = prof.get("callbacks_p0")
+        line = f"profile, {name} (one more run): CPU ms per term in each process {cpu}"
+        if callbacks:
+            line += f"; first process: {callbacks / terms:.1f} asyncio callbacks per term"
+        if prof.get("summary"):
+            line += f"; {_profile.describe(prof['summary'])}"
+        t.note(line)
     t.note("store calls = what reaches the store: JetStream requests (NATS), round trips "
            "to the file (SQLite: transactions, lone reads, watch polls); method calls = "
            "calls of the backend's methods, a watch opened counting one; CPU s = the "
