@@ -5,9 +5,12 @@ again and redraws its plot.
 
 Starts a nats-server of its own (127.0.0.1, a free port, JetStream in a temporary
 directory) and stops it by PID at the end, runs the scenarios, prints one table
-per scenario and the targets, and writes the results as JSON and the plot as PNG
-to ``--out`` (default ``benchmarks/results``). Exit status: 0 when every
-scenario ran (whatever the figures), 1 if one failed to run, 2 for bad usage.
+per scenario and the targets (each with its verdict), and writes the results,
+targets included, as JSON and the plot as PNG to ``--out`` (default
+``benchmarks/results``). A full run, or ``--profile``, also runs a few profiled
+processes (py-spy, if installed) and writes their profiles there. Exit status: 0
+when every scenario ran (whatever the figures), 1 if one failed to run, 2 for bad
+usage.
 """
 
 from __future__ import annotations
@@ -88,10 +91,10 @@ def machine(server_version: str | None) -> dict[str, Any]:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Benchmarks of trio-noleader: handover, failover, renewal cost, "
-                    "bridge overhead, contention.")
+        description="Benchmarks of trio-noleader: handover, failover, handover at "
+                    "distance, renewal cost, bridge overhead, contention, scale.")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer trials and shorter windows: under a minute (CI)")
+                        help="fewer trials and shorter windows: about 90 s (CI)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"directory for the JSON and the PNG (default {DEFAULT_OUT})")
     parser.add_argument("--only", default=",".join(SCENARIOS),
