@@ -50,7 +50,7 @@ BASELINE = {"nats": "raw nats-py, a task per lease", "sqlite": "raw sqlite3, eac
 def _settings(quick: bool) -> tuple[float, int, int, list[int]]:
     """ttl, rounds, the target's lease count, and the lease counts of batched rows."""
     if quick:
-        return 2.0, 2, 500, [500]
+        return 3.0, 2, 300, [300]
     return 15.0, 3, 1000, [1, 100, 1000]
 
 

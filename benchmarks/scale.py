@@ -28,7 +28,7 @@ TARGET_RATE = 0.9
 
 
 def run(env: Env) -> dict[str, Any]:
-    duration = 2.0 if env.quick else 15.0
+    duration = 3.0 if env.quick else 15.0
     result: dict[str, Any] = {"tasks": TASKS, "baseline_tasks": BASELINE_TASKS,
                               "hold": contention.HOLD, "ttl": contention.TTL,
                               "duration": duration, "backends": {}}
