@@ -5,9 +5,12 @@ again and redraws its plot.
 
 Starts a nats-server of its own (127.0.0.1, a free port, JetStream in a temporary
 directory) and stops it by PID at the end, runs the scenarios, prints one table
-per scenario and the targets, and writes the results as JSON and the plot as PNG
-to ``--out`` (default ``benchmarks/results``). Exit status: 0 when every
-scenario ran (whatever the figures), 1 if one failed to run, 2 for bad usage.
+per scenario and the targets (each with its verdict), and writes the results,
+targets included, as JSON and the plot as PNG to ``--out`` (default
+``benchmarks/results``). A full run, or ``--profile``, also runs a few profiled
+processes (py-spy, if installed) and writes their profiles there. Exit status: 0
+when every scenario ran (whatever the figures), 1 if one failed to run, 2 for bad
+usage.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import bridge, contention, failover, handover, postgres, renewal
+from . import _profile, bridge, contention, distance, failover, handover, postgres, renewal, scale
 from ._common import Env, Target, nats_backend_available
 from ._plot import plot
 from ._server import NatsServer, nats_server_binary
@@ -39,11 +42,14 @@ SCENARIOS: dict[str, ModuleType] = {
     "bridge": bridge,
     "renewal": renewal,
     "failover": failover,
+    "distance": distance,
     "contention": contention,
+    "scale": scale,
     "postgres": postgres,
 }
 #: In the order they are numbered and printed.
-PRINT_ORDER = ["handover", "failover", "renewal", "bridge", "contention", "postgres"]
+PRINT_ORDER = ["handover", "failover", "distance", "renewal", "bridge", "contention", "scale",
+               "postgres"]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -87,16 +93,22 @@ def machine(server_version: str | None) -> dict[str, Any]:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Benchmarks of trio-noleader: handover, failover, renewal cost, "
-                    "bridge overhead, contention.")
+        description="Benchmarks of trio-noleader: handover, failover, handover at "
+                    "distance, renewal cost, bridge overhead, contention, scale.")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer trials and shorter windows: under a minute (CI)")
+                        help="fewer trials and shorter windows: about 90 s (CI)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"directory for the JSON and the PNG (default {DEFAULT_OUT})")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help="comma-separated scenarios to run, of: " + ", ".join(SCENARIOS))
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for the random kill phases (default: from the clock)")
+    profile = parser.add_mutually_exclusive_group()
+    profile.add_argument("--profile", dest="profile", action="store_true", default=None,
+                         help="also run profiled (py-spy) processes; the default in a full "
+                              "run when py-spy is installed")
+    profile.add_argument("--no-profile", dest="profile", action="store_false",
+                         help="no profiled runs")
     parser.add_argument("--no-nats", action="store_true",
                         help="do not start a nats-server; memory and SQLite rows only")
     parser.add_argument("--replot", type=Path, default=None, metavar="JSON",
@@ -177,9 +189,17 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, RuntimeError) as exc:
                 nats_note = f"nats-server did not start: {exc}"
                 server = None
+        profile = (not args.quick) if args.profile is None else args.profile
+        profile_dir = None
+        if profile and _profile.py_spy() is None:
+            sys.stderr.write("no profiles: py-spy is not installed (pip install py-spy)\n")
+        elif profile:
+            profile_dir = args.out / f"profiles-{time.strftime('%Y%m%d-%H%M%S')}"
+            profile_dir.mkdir(parents=True, exist_ok=True)
         env = Env(quick=args.quick, tmp=tmp, seed=seed,
                   nats_url=None if server is None else server.url,
-                  nats_skip=nats_note or nats_backend_available())
+                  nats_skip=nats_note or nats_backend_available(),
+                  profile_dir=profile_dir)
         if env.nats_skip:
             env.progress(f"NATS rows skipped: {env.nats_skip}")
         meta = machine(None if server is None else server.version())

@@ -32,6 +32,8 @@ class Env:
     nats_url: str | None
     #: Why the library's NATS rows are skipped (None: they run).
     nats_skip: str | None
+    #: Where py-spy profiles go (None: no profiled runs).
+    profile_dir: Path | None = None
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -68,17 +70,25 @@ class Env:
 
 @dataclass(frozen=True)
 class Target:
-    """One target from the issue, and whether this run met it (None: not measured)."""
+    """One target, and whether this run met it.
+
+    ``met`` is None when there is no verdict: the target was not measured in this
+    run (``status`` says why, default "not measured"), or it is a figure to report
+    rather than a rule to pass (``status="reported"``).
+    """
 
     name: str
     rule: str
     measured: str
     met: bool | None
+    status: str = "not measured"
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "rule": self.rule, "measured": self.measured,
-                "met": self.met}
+                "met": self.met, "verdict": self.verdict}
 
     @property
     def verdict(self) -> str:
-        return {True: "met", False: "MISSED", None: "not measured"}[self.met]
+        if self.met is None:
+            return self.status
+        return "met" if self.met else "MISSED"

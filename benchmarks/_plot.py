@@ -26,18 +26,24 @@ def plot(results: dict[str, Any], path: Path, title: str) -> str:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
     labels = {"raw nats-py": "raw nats-py (asyncio)", "memory": "memory",
               "sqlite": "sqlite", "nats": "nats"}
+    colours = {"raw nats-py": "C0", "raw nats-py, 2 processes": "C0", "nats": "C3",
+               "nats, 2 processes": "C3", "memory": "C1", "sqlite": "C2"}
     for name, samples in handover.items():
         if not samples:
             continue
         ordered = sorted(s * 1e3 for s in samples)
         fractions = [(i + 1) / len(ordered) for i in range(len(ordered))]
-        left.step(ordered, fractions, where="post", label=labels.get(name, name))
+        left.step(ordered, fractions, where="post", label=labels.get(name, name),
+                  color=colours.get(name), linestyle="--" if "processes" in name else "-")
     left.set_xscale("log")
     left.set_xlabel("leader leaves its block -> next body starts (ms)")
     left.set_ylabel("fraction of trials")
     left.set_title("Graceful handover")
     left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize="small", loc="lower right")
+    slowest = max((max(v) for v in handover.values() if v), default=0.0) * 1e3
+    if slowest > 0:
+        left.set_xlim(right=slowest * 12)  # room for the legend, right of the curves
+    left.legend(fontsize="x-small", loc="lower right")
 
     rng = random.Random(0)
     names = list(failover)

@@ -28,9 +28,10 @@ def _command(module: str, args: Sequence[object]) -> list[str]:
     return [sys.executable, "-m", f"benchmarks.{module}", *map(str, args)]
 
 
-def _env() -> dict[str, str]:
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra or {})
     return env
 
 
@@ -41,16 +42,18 @@ def _tail(path: Path, limit: int = 2000) -> str:
         return ""
 
 
-def run_json(module: str, *args: object, timeout: float, logdir: Path) -> dict[str, Any]:
+def run_json(module: str, *args: object, timeout: float, logdir: Path,
+             env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``python -m benchmarks.<module> ARGS`` to completion; return its last JSON line.
 
     ``subprocess.run`` kills the child (by its PID) if it outlives *timeout*.
+    *env* adds variables to the child's environment.
     """
     log = logdir / f"{module.strip('_')}-{args[0]}-{os.urandom(3).hex()}.stderr"
     with log.open("wb") as stderr:
         try:
             out = subprocess.run(_command(module, args), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=stderr, env=_env(),
+                                 stdout=subprocess.PIPE, stderr=stderr, env=_env(env),
                                  timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise WorkerFailed(f"{module} {args[0]} took longer than {timeout:g} s; "
@@ -64,7 +67,7 @@ def run_json(module: str, *args: object, timeout: float, logdir: Path) -> dict[s
 
 
 class Worker:
-    """One long-running subprocess (``benchmarks._worker``) that writes JSON lines."""
+    """One long-running subprocess (``benchmarks._worker`` or ``_raw``) writing JSON lines."""
 
     def __init__(self, process: trio.Process, name: str, log: Path) -> None:
         self.process = process
@@ -74,12 +77,14 @@ class Worker:
         self._buffer = b""
 
     @classmethod
-    async def start(cls, name: str, *args: object, logdir: Path) -> Worker:
+    async def start(cls, name: str, *args: object, logdir: Path,
+                    env: dict[str, str] | None = None, module: str = "_worker") -> Worker:
+        """Start ``python -m benchmarks.<module> ARGS`` (``_worker`` by default)."""
         log = logdir / f"{name}.stderr"
         with log.open("wb") as stderr:
             process = await trio.lowlevel.open_process(
-                _command("_worker", args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=stderr, env=_env())
+                _command(module, args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=stderr, env=_env(env))
         return cls(process, name, log)
 
     @property

@@ -181,7 +181,7 @@ def _run(env: Env, url: str) -> dict[str, Any]:
     for leases in (1, 1000):
         env.progress(f"postgres: renewal, {leases} leases, ttl {ttl:g} s, {rounds} rounds")
         out = run_json("_worker", "renewal", f"{url}?table=bench_renewal",
-                       f"bench/renew/{uuid.uuid4().hex[:8]}", leases, ttl, rounds,
+                       f"bench/renew/{uuid.uuid4().hex[:8]}", leases, ttl, rounds, "batched",
                        timeout=180 + rounds * ttl, logdir=env.logdir)
         result["renewal"].append(out)
     return result

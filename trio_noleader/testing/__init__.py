@@ -16,6 +16,8 @@ virtual time. See README.rst, "Testing your leader code".
   needs ``hypothesis``).
 - :func:`run_schedule` / :func:`simulate` play a schedule in virtual time and
   return a :class:`Trace`, whose ``check_*`` methods assert the properties.
+- :class:`FaultProxy` is a real TCP proxy for tests against real servers: one-way
+  latency per direction, a black hole, resets and refused connections, on demand.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from ._faults import StoreSwitch as StoreSwitch
 from ._faults import StoreWrite as StoreWrite
 from ._fence import FencedResource as FencedResource
 from ._fence import FencedWrite as FencedWrite
+from ._proxy import FaultProxy as FaultProxy
+from ._proxy import ProxyStatistics as ProxyStatistics
 from ._runner import DEFAULT_KEY as DEFAULT_KEY
 from ._runner import run_schedule as run_schedule
 from ._runner import simulate as simulate
@@ -77,6 +81,7 @@ __all__ = [
     "Crash",
     "DroppedEffect",
     "Fault",
+    "FaultProxy",
     "FaultSpan",
     "FaultyBackend",
     "FencedResource",
@@ -90,6 +95,7 @@ __all__ = [
     "Partition",
     "Pause",
     "PostgresServer",
+    "ProxyStatistics",
     "Restart",
     "Schedule",
     "Slow",
