@@ -43,6 +43,8 @@ MAX_EXPIRED_IN_A_ROW = 3
 #: Likewise for calls cut at the lease's own time limit while the store answers
 #: other calls, too slowly: a store that answers nothing is an outage instead.
 MAX_CUT_IN_A_ROW = 5
+#: ... for at least this many ttls.
+CUT_PATIENCE = 10
 
 #: Renewals wake on this grid (seconds, never later than due), so that leases that
 #: fall due within a few milliseconds of each other are renewed in one batch.
@@ -52,6 +54,10 @@ RENEW_GRID = 0.005
 #: A campaign's reads may always take this long (seconds), whatever the ttl: a read
 #: risks nothing, and its answer tells a slow store from a missing one.
 READ_FLOOR = 1.0
+
+
+#: The least time a renewal on its way is given to answer when its term ends.
+STOP_WAIT_MIN = 0.05
 
 
 class Cut(BackendUnavailable):
@@ -92,6 +98,10 @@ class Campaign:
         # Round trips of the last few calls the store answered (seconds).
         self.recent: collections.deque[float] = collections.deque(maxlen=3)
         self.batched = _batch.batches_renewals(backend)
+        # The renewal loop's sleep, and its store call when one is on its way.
+        self._sleeping: trio.CancelScope | None = None
+        self._calling: trio.CancelScope | None = None
+        self._stopping = False
 
     # -- helpers -----------------------------------------------------------------
 
@@ -201,6 +211,7 @@ class Campaign:
         backoff = Backoff(min(0.1, self.renew_interval / 4), min(5.0, self.renew_interval))
         expired_in_a_row = 0
         cut_in_a_row = 0
+        cut_since = math.inf
         seen = -1
         while True:
             try:
@@ -214,14 +225,20 @@ class Campaign:
                 if hub is None:
                     raise trio.WouldBlock(f"{self.key!r} is held by another candidate")
                 backoff.reset()
-                cut_in_a_row = 0
+                cut_in_a_row, cut_since = 0, math.inf
             except BackendUnavailable as exc:
                 # Cut at the lease's own limit while the store does answer, only too
                 # slowly: the ttl is too short for this store. (No answer at all is
                 # an outage, which we ride out.)
                 slow = isinstance(exc, Cut) and self._too_slow()
                 cut_in_a_row = cut_in_a_row + 1 if slow else 0
-                if cut_in_a_row >= MAX_CUT_IN_A_ROW:
+                if not slow:
+                    cut_since = math.inf
+                elif cut_in_a_row == 1:
+                    cut_since = trio.current_time()
+                # And for long enough that a slow spell of the store is ruled out.
+                if (cut_in_a_row >= MAX_CUT_IN_A_ROW
+                        and trio.current_time() - cut_since >= CUT_PATIENCE * self.ttl):
                     raise self._no_round_trip_fits(f"{cut_in_a_row} store calls in a row "
                                                    "got no answer in time") from None
                 delay = backoff.next()
@@ -344,7 +361,7 @@ class Campaign:
         """The sibling task: keep the lease, move *scope*'s deadline, or call *lose*."""
         backoff = Backoff(self.renew_interval / 10, self.renew_interval / 2)
         retry_at: float | None = None
-        while True:
+        while not self._stopping:
             # A pending retry's backoff wins over an adoption's "renew now": a link
             # that loses every reply must not turn into a hot loop.
             if retry_at is not None:
@@ -353,12 +370,18 @@ class Campaign:
                 wake = trio.current_time()
             else:
                 wake = self._due()
-            await trio.sleep_until(min(wake, self.deadline))
+            with trio.CancelScope() as self._sleeping:
+                await trio.sleep_until(min(wake, self.deadline))
+            self._sleeping = None
+            if self._stopping:
+                return
             if trio.current_time() >= self.deadline:
                 lose(self.deadline_passed())
                 return
+            applied = False
             try:
-                applied = await self.renew_once(self.deadline)
+                with trio.CancelScope() as self._calling:
+                    applied = await self.renew_once(self.deadline)
             except Lost as exc:
                 lose(str(exc))
                 return
@@ -373,6 +396,10 @@ class Campaign:
                 logger.warning("renewing %s failed (%s); retrying in %.2g s",
                                self.key, exc, retry_at - now)
                 continue
+            finally:
+                self._calling = None
+            if self._stopping:
+                return
             retry_at = None
             if applied:
                 self.failures = 0
@@ -382,6 +409,18 @@ class Campaign:
                 scope.deadline = self.deadline
             logger.debug("renewed %s (token %d, revision %d)", self.key, self.token,
                          self.revision)
+
+    def stop_renewing(self) -> None:
+        """End the renewal loop: at once if it sleeps, after its answer if a renewal
+        is on its way (shielded, for at most a few round trips), so that the release
+        that follows knows the revision to delete."""
+        self._stopping = True
+        if self._sleeping is not None:
+            self._sleeping.cancel()
+        if self._calling is not None:
+            self._calling.shield = True
+            wait = max(3 * self.round_trip, STOP_WAIT_MIN)
+            self._calling.deadline = min(self.deadline, trio.current_time() + wait)
 
     # -- the end -----------------------------------------------------------------
 

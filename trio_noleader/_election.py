@@ -199,7 +199,10 @@ async def _hold(key: str, backend_arg: Backend | None, ttl: float, renew_interva
                         yield lead
                 finally:
                     _current_leadership.reset(token)
-                    nursery.cancel_scope.cancel()
+                    # A renewal on its way is let finish (bounded): released at the
+                    # revision it makes, the lease goes in one round trip, where a
+                    # delete on the old revision would fail once it lands.
+                    campaign.stop_renewing()
         finally:
             await campaign.release()
         if lead._lost is None and lead.cancel_scope.cancelled_caught and not lead.resigned:
