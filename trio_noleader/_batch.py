@@ -9,6 +9,7 @@ its own) and each keeps its own outcome.
 
 from __future__ import annotations
 
+import heapq
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from ._context import services_for
 from ._exceptions import BackendUnavailable, NoLeaderError
 from .abc import Backend, Update
 
-__all__ = ["batches", "batches_renewals", "renew"]
+__all__ = ["batches", "batches_renewals", "renew", "sleep_until"]
 
 #: The largest batch sent in one call.
 MAX_BATCH = 512
@@ -82,7 +83,62 @@ class _Batcher:
                 request.done.set()
 
 
+class _Clock:
+    """One timer for the renewal loops of a backend: they wait on events it sets.
+
+    A thousand leases each sleeping on a deadline of its own cost a thousand
+    deadline expiries, each a ``Cancelled`` raised and caught in its task; leases due
+    together (they are put on a grid, see ``Campaign._due``) wake here in one
+    expiry, and each renewal loop just finds its event set.
+    """
+
+    def __init__(self) -> None:
+        self.due: list[tuple[float, int, trio.Event]] = []
+        self.count = 0
+        self.running = False
+        self.changed = trio.Event()
+
+    async def sleep_until(self, backend: Backend, when: float) -> None:
+        if when <= trio.current_time():
+            await trio.lowlevel.checkpoint()
+            return
+        event = trio.Event()
+        self.count += 1
+        heapq.heappush(self.due, (when, self.count, event))
+        if not self.running:
+            self.running = True
+            services_for(backend).start(self._run, name="trio_noleader renewal clock")
+        elif self.due[0][2] is event:
+            self.changed.set()  # the earliest now: the clock sleeps too long
+        await event.wait()
+
+    async def _run(self) -> None:
+        try:
+            while self.due:
+                when = self.due[0][0]
+                self.changed = trio.Event()
+                with trio.move_on_at(when):
+                    await self.changed.wait()
+                now = trio.current_time()
+                while self.due and self.due[0][0] <= now:
+                    heapq.heappop(self.due)[2].set()
+        finally:
+            self.running = False
+            for _, _, event in self.due:  # the host went away: wake the sleepers
+                event.set()
+            self.due.clear()
+
+
 _batchers: weakref.WeakKeyDictionary[Backend, _Batcher] = weakref.WeakKeyDictionary()
+_clocks: weakref.WeakKeyDictionary[Backend, _Clock] = weakref.WeakKeyDictionary()
+
+
+async def sleep_until(backend: Backend, when: float) -> None:
+    """``trio.sleep_until(when)``, for a renewal loop of *backend* (see :class:`_Clock`)."""
+    clock = _clocks.get(backend)
+    if clock is None:
+        clock = _clocks[backend] = _Clock()
+    await clock.sleep_until(backend, when)
 
 
 def batches_renewals(backend: Backend) -> bool:

@@ -371,7 +371,10 @@ class Campaign:
             else:
                 wake = self._due()
             with trio.CancelScope() as self._sleeping:
-                await trio.sleep_until(min(wake, self.deadline))
+                if self.batched:
+                    await _batch.sleep_until(self.backend, min(wake, self.deadline))
+                else:
+                    await trio.sleep_until(min(wake, self.deadline))
             self._sleeping = None
             if self._stopping:
                 return

@@ -42,7 +42,9 @@ watches afresh and gets the current state first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import json
 import logging
 import math
 from collections import OrderedDict
@@ -85,6 +87,16 @@ logger = logging.getLogger("trio_noleader")
 T = TypeVar("T")
 
 # -- the backend ----------------------------------------------------------------
+
+
+class _AckBatch:
+    """The acks of one batch of publishes, as they come."""
+
+    def __init__(self, number: int, size: int, done: asyncio.Future[None]) -> None:
+        self.number = number
+        self.acks: list[dict[str, Any] | None] = [None] * size
+        self.left = size
+        self.done = done
 
 
 class NatsBackend(Backend):
@@ -138,6 +150,11 @@ class NatsBackend(Backend):
         # create expects it, which takes one round trip instead of three.
         self._absent: OrderedDict[str, int] = OrderedDict()
         self._closed = False
+        # Renewal batches: one reply subscription for their acks (_aio_publish_all).
+        self._acks_sub: Any = None
+        self._acks_prefix = ""
+        self._acks_next = 0
+        self._acks_batches: dict[int, _AckBatch] = {}
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
@@ -409,20 +426,85 @@ class NatsBackend(Backend):
         return results
 
     async def _aio_update_many(self, updates: Sequence[Update]) -> list[int | NoLeaderError]:
-        async def one(update: Update) -> int | NoLeaderError:
+        results: list[int | NoLeaderError | None] = [None] * len(updates)
+        messages: list[tuple[str, bytes, dict[str, str]]] = []
+        sent: list[int] = []
+        for i, update in enumerate(updates):
             try:
-                return await self._aio_cas(update.key, bytes(update.value), update.revision,
-                                           update.ttl)
+                await self._aio_require_value(update.key, update.revision)
             except RevisionMismatch as exc:
-                return exc
-            except nats.js.errors.NotFoundError as exc:
-                if exc.err_code == _STREAM_NOT_FOUND:
-                    raise  # the bucket is gone: the whole call fails
-                return self._unavailable(f"update {update.key!r}", exc)
-            except _TRANSIENT as exc:
-                return self._unavailable(f"update {update.key!r}", exc)
+                results[i] = exc
+                continue
+            headers = {_EXPECTED_LAST: str(update.revision), _MSG_TTL: str(int(update.ttl))}
+            messages.append((self._subject(update.key), bytes(update.value), headers))
+            sent.append(i)
+        for i, ack in zip(sent, await self._aio_publish_all(messages), strict=True):
+            key = updates[i].key
+            if ack is None:
+                results[i] = BackendUnavailable(
+                    f"update {key!r} at {self._address}: no acknowledgement within "
+                    f"{REQUEST_TIMEOUT:g} s (it may still have been applied)")
+            elif "error" in ack:
+                error = ack["error"]
+                if error.get("err_code") in _WRONG_LAST_SEQUENCE:
+                    results[i] = RevisionMismatch(
+                        f"{key}: expected revision {updates[i].revision}, the store has "
+                        f"another ({error.get('description')})")
+                else:
+                    results[i] = BackendUnavailable(
+                        f"update {key!r} at {self._address}: {error.get('description')} "
+                        f"(err_code {error.get('err_code')})")
+            else:
+                results[i] = int(ack["seq"])
+        return [r for r in results if r is not None]
 
-        return list(await asyncio.gather(*(one(update) for update in updates)))
+    async def _aio_publish_all(self, messages: Sequence[tuple[str, bytes, dict[str, str]]]
+                               ) -> list[dict[str, Any] | None]:
+        """Publish *messages* at once; return each one's JetStream ack (None if none came).
+
+        ``JetStreamContext.publish`` costs a future, a done callback and a timer per
+        message, and each of those is a scheduler pass under trio-asyncio. Here a
+        batch shares one wildcard reply subscription (kept for the backend's life)
+        and one future, set when the last ack has come.
+        """
+        if not messages:
+            return []
+        loop = asyncio.get_running_loop()
+        if self._acks_sub is None:
+            self._acks_prefix = self.connection.new_inbox()
+            self._acks_sub = await self.connection.subscribe(f"{self._acks_prefix}.*",
+                                                             cb=self._aio_on_ack)
+        self._acks_next += 1
+        batch = _AckBatch(self._acks_next, len(messages), loop.create_future())
+        self._acks_batches[batch.number] = batch
+        try:
+            for i, (subject, value, headers) in enumerate(messages):
+                await self.connection.publish(subject, value, headers=headers,
+                                              reply=f"{self._acks_prefix}.{batch.number}_{i}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(batch.done), REQUEST_TIMEOUT)
+        finally:
+            self._acks_batches.pop(batch.number, None)
+        return batch.acks
+
+    async def _aio_on_ack(self, msg: Any) -> None:
+        token = msg.subject.rpartition(".")[2]
+        number, _, index = token.partition("_")
+        batch = self._acks_batches.get(int(number)) if number.isdigit() else None
+        if batch is None or not index.isdigit() or int(index) >= len(batch.acks):
+            return  # the batch gave up waiting
+        try:
+            ack = json.loads(msg.data)
+        except ValueError:
+            ack = {"error": {"description": "no responders or a malformed acknowledgement"}}
+        if not isinstance(ack, dict):
+            ack = {"error": {"description": "a malformed acknowledgement"}}
+        slot = int(index)
+        if batch.acks[slot] is None:
+            batch.acks[slot] = ack
+            batch.left -= 1
+            if batch.left == 0 and not batch.done.done():
+                batch.done.set_result(None)
 
     def _unavailable(self, what: str, exc: BaseException) -> BackendUnavailable:
         error = BackendUnavailable(f"{what} at {self._address}: {_describe(exc)}")
