@@ -374,6 +374,11 @@ async def test_status_and_watch_on_postgres(postgres_url: str) -> None:
 
     table = f"cli_{os.getpid()}_{time.time_ns()}"
     try:
+        # Read-only commands never create the table: twice the same refusal.
+        for _ in range(2):
+            code, out = await run_cli("status", "--url", f"{postgres_url}?table={table}")
+            assert code == 122, out
+            assert f"no lease table '{table}'" in out
         await status_and_watch(f"{postgres_url}?table={table}")
     finally:
         await drop_tables(postgres_url, table)

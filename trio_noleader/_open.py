@@ -61,7 +61,7 @@ async def open_backend(url: str, *, create: bool = True) -> AsyncIterator[Backen
         dsn, table = parse_postgres_url(url)
         from ._postgres_setup import open_postgres_backend
 
-        async with open_postgres_backend(dsn, table=table) as backend:
+        async with open_postgres_backend(dsn, table=table, create=create) as backend:
             yield backend
     else:
         servers, bucket, options = parse_nats_url(url)

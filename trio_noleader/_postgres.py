@@ -460,8 +460,9 @@ class PostgresBackend(Backend):
 # -- the table -------------------------------------------------------------------
 
 
-async def _aio_setup(pool: Any, schema: str | None, table: str) -> tuple[TableNames, list[str]]:
-    """Create the table if absent, check its shape; return its names and problems."""
+async def _aio_setup(pool: Any, schema: str | None, table: str, create: bool = True
+                     ) -> tuple[TableNames, list[str]]:
+    """Create the table if absent (if *create*), check its shape; return names, problems."""
     literal = regclass_literal(schema, table)
     async with pool.acquire() as conn, conn.transaction():
         # Several processes may open a fresh table at once: one creates it.
@@ -469,6 +470,9 @@ async def _aio_setup(pool: Any, schema: str | None, table: str) -> tuple[TableNa
             "SELECT pg_advisory_xact_lock($1::int, hashtext(coalesce($2, current_schema())"
             " || '.' || $3))", ADVISORY_LOCK_CLASS, schema, table)
         if await conn.fetchval("SELECT to_regclass($1)", literal) is None:
+            if not create:
+                raise BackendUnavailable(
+                    f"no lease table {table!r} there (a typo? nothing has run there yet?)")
             if schema is None and await conn.fetchval("SELECT current_schema()") is None:
                 raise BackendUnavailable(
                     "no schema to create the lease table in (the search_path names none "

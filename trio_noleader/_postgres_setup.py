@@ -62,6 +62,7 @@ async def open_postgres_backend(
     *,
     table: str = DEFAULT_TABLE,
     pool_size: int = POOL_SIZE,
+    create: bool = True,
     **connect_options: Any,
 ) -> AsyncIterator[PostgresBackend]:
     """Open a PostgreSQL lease table as the store, and make it the default backend.
@@ -88,6 +89,9 @@ async def open_postgres_backend(
             identifiers).
         pool_size (int): Most connections the pool opens for the protocol's
             statements (1 to 100); watches use one more.
+        create (bool): Create the table if it does not exist (the default). With
+            ``False`` a missing table is a :class:`BackendUnavailable`: for tools
+            that only look, where a typo must not create a table.
         **connect_options: Passed to ``asyncpg.connect``: ``password``, ``ssl``,
             ``server_settings``, ``statement_cache_size``, ... Defaults here:
             ``timeout=5`` (seconds per connection attempt).
@@ -110,6 +114,8 @@ async def open_postgres_backend(
     if isinstance(pool_size, bool) or not isinstance(pool_size, int) \
             or not 1 <= pool_size <= 100:
         raise ValueError(f"pool_size={pool_size!r}: must be an int from 1 to 100")
+    if not isinstance(create, bool):
+        raise type_error("create", create, "a bool")
     options = {"timeout": CONNECT_TIMEOUT, **connect_options}
     address = dsn_address(dsn)
     secrets = dsn_secrets(dsn, options)
@@ -130,7 +136,7 @@ async def open_postgres_backend(
                                       connect_options=options)
             stack.push_async_callback(backend.aclose)
             try:
-                names, problems = await _aio.call(loop, _aio_setup, pool, schema, name)
+                names, problems = await _aio.call(loop, _aio_setup, pool, schema, name, create)
             except (*_TRANSIENT, asyncio.CancelledError) as exc:
                 raise BackendUnavailable(
                     f"setting up the lease table {table!r} at {address}: "
