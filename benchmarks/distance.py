@@ -90,8 +90,8 @@ async def _measure(env: Env, trials: int, result: dict[str, Any]) -> None:
     latency = _Latency(proxy)
     try:
         bucket = f"bench-distance-{uuid.uuid4().hex[:8]}"
-        async with trio_noleader.open_backend(f"{url}/{bucket}") as first, \
-                trio_noleader.open_backend(f"{url}/{bucket}") as second:
+        async with trio_noleader.open_backend(f"{url}/{bucket}?new_store_grace=off") as first, \
+                trio_noleader.open_backend(f"{url}/{bucket}?new_store_grace=off") as second:
             await latency.set(LATENCY)
             env.progress(f"distance: library, {trials} handovers at RTT {2 * LATENCY:g} s, "
                          f"ttl {TTL}")

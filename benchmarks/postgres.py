@@ -146,7 +146,7 @@ async def _library_handover(url: str, trials: int) -> list[float]:
     with trio.fail_after(60 + trials * 0.5 * 3):
         async with trio_noleader.open_backend(url) as first, \
                 trio_noleader.open_backend(url) as second:
-            return await handover._alternate((first, second), trials, SETTLE)
+            return await handover.alternate((first, second), trials, SETTLE)
 
 
 def run(env: Env) -> dict[str, Any]:
@@ -215,7 +215,7 @@ def table(results: dict[str, Any]) -> Table:
         t.add(f"library: SIGKILL failover, {name} (ms)", late.n, late.p50, late.p99,
               late.max, "", "", note)
     for row in result["renewal"]:
-        renewals = int(row["calls"]["update"])
+        renewals = int(row["renewals"])
         per = row["cpu"] / renewals if renewals else float("nan")
         core = 100 * row["cpu"] / row["wall"]
         t.add(f"library: renewal, {row['leases']} leases, ttl {row['ttl']:g} s "
