@@ -15,6 +15,7 @@ from ._election import hold_leadership as hold_leadership
 from ._exceptions import BackendUnavailable as BackendUnavailable
 from ._exceptions import KeyExists as KeyExists
 from ._exceptions import LeadershipLost as LeadershipLost
+from ._exceptions import NewStore as NewStore
 from ._exceptions import NoLeaderError as NoLeaderError
 from ._exceptions import RevisionMismatch as RevisionMismatch
 from ._helpers import current_leader as current_leader
@@ -44,6 +45,7 @@ __all__ = [
     "LeadershipLost",
     "MemoryBackend",
     "NatsBackend",
+    "NewStore",
     "NoLeaderError",
     "PostgresBackend",
     "RevisionMismatch",

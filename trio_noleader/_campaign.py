@@ -21,7 +21,7 @@ from typing import TypeVar
 import trio
 
 from . import _batch
-from ._exceptions import BackendUnavailable, KeyExists, RevisionMismatch
+from ._exceptions import BackendUnavailable, KeyExists, NewStore, RevisionMismatch
 from ._hub import UNKNOWN, KeyHub, hub_for
 from ._release import RELEASE_TIMEOUT, janitor_for, release_if_ours
 from ._types import Entry, decode_value, encode_value, max_round_trip, new_candidate_id
@@ -226,6 +226,10 @@ class Campaign:
                     raise trio.WouldBlock(f"{self.key!r} is held by another candidate")
                 backoff.reset()
                 cut_in_a_row, cut_since = 0, math.inf
+            except NewStore as exc:
+                # Not an outage: the store is younger than a ttl (see NewStore).
+                logger.info("campaign for %s: %s", self.key, exc)
+                await trio.sleep(exc.retry_after)
             except BackendUnavailable as exc:
                 # Cut at the lease's own limit while the store does answer, only too
                 # slowly: the ttl is too short for this store. (No answer at all is

@@ -44,3 +44,16 @@ class RevisionMismatch(NoLeaderError):
     Raised by ``Backend.update`` and ``Backend.delete`` when the live entry does not
     have exactly the revision the caller named. Part of the backend protocol.
     """
+
+
+class NewStore(BackendUnavailable):
+    """``Backend.create`` on a store younger than the lease's ttl (the new-store grace).
+
+    A leader of the store this one replaced may still be in its term; the create
+    may be tried again after :attr:`retry_after` seconds. Raised by the SQLite and
+    NATS backends; a campaign waits it out.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -59,7 +59,13 @@ import trio
 import trio.lowlevel
 
 from . import _aio
-from ._exceptions import BackendUnavailable, KeyExists, NoLeaderError, RevisionMismatch
+from ._exceptions import (
+    BackendUnavailable,
+    KeyExists,
+    NewStore,
+    NoLeaderError,
+    RevisionMismatch,
+)
 from ._nats_base import (
     _EXPECTED_LAST,
     _KV_OPERATION,
@@ -393,9 +399,9 @@ class NatsBackend(Backend):
             # A leader of the store this one replaced may still be in its term: its
             # deadline lies less than a ttl after its last renewal, which came
             # before this store existed.
-            raise BackendUnavailable(
+            raise NewStore(
                 f"create {key!r}: bucket {self.bucket!r} at {self._address} is a new "
-                f"store; the first lease waits out one ttl ({young:.3g} s more)")
+                f"store; the first lease waits out one ttl ({young:.3g} s more)", young)
         revision = await self._call(f"create {key!r}", self._aio_create, key, bytes(value),
                                     ttl)
         self._remember(key, revision)

@@ -55,7 +55,13 @@ from typing import TypeVar
 import trio
 
 from ._context import backend_scope, require_trio
-from ._exceptions import BackendUnavailable, KeyExists, NoLeaderError, RevisionMismatch
+from ._exceptions import (
+    BackendUnavailable,
+    KeyExists,
+    NewStore,
+    NoLeaderError,
+    RevisionMismatch,
+)
 from ._sqlite_file import (
     Row,
     bump,
@@ -325,9 +331,9 @@ class SQLiteBackend(Backend):
                 # A leader of the file this one replaced may still be in its term:
                 # its deadline lies less than a ttl after its last renewal, which
                 # came before this file existed.
-                raise BackendUnavailable(
+                raise NewStore(
                     f"SQLite database {self._path!r} is a new store; the first lease "
-                    f"waits out one ttl ({young:.3g} s more)")
+                    f"waits out one ttl ({young:.3g} s more)", young)
             if live_row(conn, key, now) is not None:
                 raise KeyExists(key)
             revision = bump(conn)
