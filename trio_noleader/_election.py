@@ -153,8 +153,9 @@ def hold_leadership(
         LeadershipLost: out of the ``async with`` if the lease was lost mid-body.
         trio.WouldBlock: on entry with ``wait=False`` when the key is held.
         NoLeaderError: on entry if *backend* is None and no backend is open.
-        RuntimeError: on entry outside trio (say, from asyncio code: see
-            README.rst, "From asyncio"), or if this task already holds or
+        RuntimeError: on entry outside trio (say, from asyncio code: see the
+            guide "Call it from asyncio through trio-asyncio"), or if this task
+            already holds or
             campaigns for *key* on the same backend (it would wait for itself).
         ValueError, TypeError: at once for a bad key or timing (see the rules:
             ``ttl`` finite and > 0, ``0 < renew_interval < ttl``,

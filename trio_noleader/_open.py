@@ -41,7 +41,8 @@ async def open_backend(url: str, *, create: bool = True) -> AsyncIterator[Backen
         TypeError: if *url* is not a str.
         ValueError: for an unknown scheme or a malformed URL (before any I/O).
         BackendUnavailable: if the store cannot be reached.
-        RuntimeError: outside trio (README.rst, "From asyncio").
+        RuntimeError: outside trio (from asyncio: see the guide "Call it from
+            asyncio through trio-asyncio").
     """
     kind = scheme_of(url)
     if not isinstance(create, bool):
