@@ -107,7 +107,7 @@ def _choices(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 def _check_every_subcommand(app: Sphinx, env: Any) -> None:
     seen: set[str] = getattr(env, "noleader_cli_seen", set())
     _, subparsers = _parsers()
-    for name in [""] + list(subparsers):
+    for name in ["", *subparsers]:
         if name not in seen:
             logger.warning("the CLI reference renders no `.. noleader-cli:: %s`; "
                            "every noleader subcommand needs one", name or "(top level)")
