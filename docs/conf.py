@@ -32,6 +32,8 @@ exclude_patterns = ["_build", "_inventories", "_ext"]
 default_role = "py:obj"
 primary_domain = "py"
 highlight_language = "python3"
+# Options like --grace stay as typed, not turned into dashes and curly quotes.
+smartquotes = False
 
 # -- autodoc and napoleon (Google-style docstrings, as trio's) -------------------
 autodoc_member_order = "bysource"

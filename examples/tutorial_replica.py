@@ -21,7 +21,7 @@ import trio
 
 import trio_noleader
 
-DEFAULT_URL = "sqlite:///" + os.path.join(tempfile.gettempdir(), "noleader-tutorial.db")
+DEFAULT_URL = "sqlite://" + os.path.join(tempfile.gettempdir(), "noleader-tutorial.db")
 URL = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NOLEADER_URL", DEFAULT_URL)
 SECONDS = os.environ.get("NOLEADER_EXAMPLE_SECONDS")
 NAME = f"{socket.gethostname()}:{os.getpid()}"
