@@ -7,6 +7,7 @@ site itself with ``sphinx-build -W`` (.ci/run), which checks every reference.
 from __future__ import annotations
 
 import ast
+import doctest
 import importlib
 import re
 from pathlib import Path
@@ -176,3 +177,30 @@ def test_the_readme_quick_start_is_unchanged() -> None:
         '$ python3 -m venv .venv && .venv/bin/pip install -q -e ".[test]" && '
         ".venv/bin/python -m pytest",
     ]
+
+
+def _docstring_examples() -> list[doctest.DocTest]:
+    finder = doctest.DocTestFinder(recurse=True, exclude_empty=True)
+    tests: dict[str, doctest.DocTest] = {}
+    for module_name in PUBLIC_MODULES[:3]:
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if isinstance(obj, ModuleType) or not callable(obj):
+                continue
+            for test in finder.find(obj, f"{module_name}.{name}", globs={}):
+                if test.examples:
+                    tests.setdefault(test.name, test)
+    return sorted(tests.values(), key=lambda test: test.name)
+
+
+def test_docstring_examples_run() -> None:
+    # The API reference shows these examples; a wrong one fails here, not only in
+    # a reader's terminal.
+    tests = _docstring_examples()
+    names = {test.name.rsplit(".", 1)[-1] for test in tests}
+    assert {"current_leader", "watch_leader", "resign"} <= names
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0, f"{runner.failures} docstring example(s) failed (see above)"

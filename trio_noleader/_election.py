@@ -74,6 +74,17 @@ class Leadership:
 
         Synchronous, like :meth:`trio.CancelScope.cancel`; safe to call from any task
         and more than once. The ``async with`` then exits without an exception.
+
+        Example:
+            >>> import trio, trio_noleader
+            >>> async def main():
+            ...     async with trio_noleader.open_backend("memory://"):
+            ...         async with trio_noleader.hold_leadership("cron") as lead:
+            ...             lead.resign()  # no await
+            ...             await trio.sleep(60)  # cancelled at once
+            ...         print(lead.resigned, await trio_noleader.current_leader("cron"))
+            >>> trio.run(main)
+            True None
         """
         if not self._resigned and self._lost is None:
             logger.info("resigning %s (candidate %s, token %d)",
