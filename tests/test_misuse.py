@@ -185,7 +185,7 @@ def test_outside_any_event_loop_the_message_says_so() -> None:
 
 async def test_the_trio_asyncio_recipe_works(tmp_path: Path) -> None:
     trio_asyncio = pytest.importorskip("trio_asyncio", reason="the nats extra is not installed")
-    # README.rst, "From asyncio": the trio part is a trio function, called from the
+    # docs/howto/asyncio.rst: the trio part is a trio function, called from the
     # asyncio side through trio_as_aio, inside open_loop().
     url = f"sqlite://{tmp_path / 'leases.db'}"
 

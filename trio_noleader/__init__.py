@@ -1,7 +1,7 @@
 """trio-noleader: leader election and distributed leases for Trio.
 
 Exactly one of your replicas runs the work; the others wait and take over in
-milliseconds when it leaves, or one lease TTL after it crashes. See README.rst.
+milliseconds when it leaves, or one lease TTL after it crashes. See docs/ (the tutorial first).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A :class:`Campaign` is the bookkeeping behind one entry into ``hold_leadership``:
 its candidate id, the revision it last knows it wrote, the send time that the
 lease deadline counts from, and the writes of its own whose fate is unknown. The
-rules it keeps are those of README.rst's "Guarantees and limits".
+rules it keeps are those of docs/guarantees.rst.
 
 Store-call time limits come from the lease, not from a fixed timeout: a create
 answered later than :func:`~trio_noleader._types.max_round_trip` could not be kept

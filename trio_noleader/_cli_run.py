@@ -1,6 +1,6 @@
 """``noleader run``: a command that runs only while leader, and never past the lease.
 
-The rules this module keeps (README.rst, "The command line"):
+The rules this module keeps (docs/reference/cli.rst):
 
 - The lease is held, and renewed, for as long as any process of the command's tree
   runs. SIGINT/SIGTERM to noleader do not end the ``hold_leadership`` block: they

@@ -74,6 +74,17 @@ class Leadership:
 
         Synchronous, like :meth:`trio.CancelScope.cancel`; safe to call from any task
         and more than once. The ``async with`` then exits without an exception.
+
+        Example:
+            >>> import trio, trio_noleader
+            >>> async def main():
+            ...     async with trio_noleader.open_backend("memory://"):
+            ...         async with trio_noleader.hold_leadership("cron") as lead:
+            ...             lead.resign()  # no await
+            ...             await trio.sleep(60)  # cancelled at once
+            ...         print(lead.resigned, await trio_noleader.current_leader("cron"))
+            >>> trio.run(main)
+            True None
         """
         if not self._resigned and self._lost is None:
             logger.info("resigning %s (candidate %s, token %d)",
@@ -153,8 +164,9 @@ def hold_leadership(
         LeadershipLost: out of the ``async with`` if the lease was lost mid-body.
         trio.WouldBlock: on entry with ``wait=False`` when the key is held.
         NoLeaderError: on entry if *backend* is None and no backend is open.
-        RuntimeError: on entry outside trio (say, from asyncio code: see
-            README.rst, "From asyncio"), or if this task already holds or
+        RuntimeError: on entry outside trio (say, from asyncio code: see the
+            guide "Call it from asyncio through trio-asyncio"), or if this task
+            already holds or
             campaigns for *key* on the same backend (it would wait for itself).
         ValueError, TypeError: at once for a bad key or timing (see the rules:
             ``ttl`` finite and > 0, ``0 < renew_interval < ttl``,

@@ -64,7 +64,20 @@ async def run_as_leader(
 
 
 async def current_leader(key: str, *, backend: Backend | None = None) -> LeaderInfo | None:
-    """Return who holds *key* now, or ``None`` if nobody does."""
+    """Return who holds *key* now, or ``None`` if nobody does.
+
+    Example:
+        >>> import trio, trio_noleader
+        >>> async def main():
+        ...     async with trio_noleader.open_backend("memory://"):
+        ...         print(await trio_noleader.current_leader("cron"))
+        ...         async with trio_noleader.hold_leadership("cron") as lead:
+        ...             info = await trio_noleader.current_leader("cron")
+        ...             print(info.candidate_id == lead.candidate_id, info.token == lead.token)
+        >>> trio.run(main)
+        None
+        True True
+    """
     check_key(key)
     require_trio("current_leader()")
     entry = await resolve_backend(backend).get(key)
@@ -78,6 +91,25 @@ def watch_leader(key: str, *,
     A change is a new ``(candidate_id, token)``, including to ``None`` when the key
     becomes free; renewals are not changes. Close the iterator when done, e.g. with
     ``contextlib.aclosing(watch_leader(key)) as updates:``.
+
+    Example:
+        >>> import contextlib, trio, trio_noleader
+        >>> async def lead_once():
+        ...     async with trio_noleader.hold_leadership("cron"):
+        ...         await trio.sleep(0.1)
+        >>> async def main():
+        ...     async with trio_noleader.open_backend("memory://"), trio.open_nursery() as n:
+        ...         updates = trio_noleader.watch_leader("cron")
+        ...         async with contextlib.aclosing(updates):
+        ...             async for info in updates:
+        ...                 print("nobody" if info is None else "someone leads")
+        ...                 if info is None and n.child_tasks:
+        ...                     break  # the term is over
+        ...                 n.start_soon(lead_once)
+        >>> trio.run(main)
+        nobody
+        someone leads
+        nobody
 
     Raises:
         BackendUnavailable: from iteration if the watch breaks.

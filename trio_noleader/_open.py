@@ -31,6 +31,14 @@ async def open_backend(url: str, *, create: bool = True) -> AsyncIterator[Backen
     The URL is checked before the module serving it (and its optional extra) is
     imported, so a malformed URL is a ``ValueError`` even without the extra.
 
+    Example::
+
+        url = os.environ.get("NOLEADER_URL", "sqlite:///var/lib/myapp/leases.db")
+        async with trio_noleader.open_backend(url):
+            # Every call inside uses this store unless given backend=...
+            async with trio_noleader.hold_leadership("scheduler") as lead:
+                await run_scheduler(fencing_token=lead.token)
+
     Args:
         url (str): The store.
         create (bool): Create the store (an SQLite file, a NATS bucket) if it does
@@ -41,7 +49,8 @@ async def open_backend(url: str, *, create: bool = True) -> AsyncIterator[Backen
         TypeError: if *url* is not a str.
         ValueError: for an unknown scheme or a malformed URL (before any I/O).
         BackendUnavailable: if the store cannot be reached.
-        RuntimeError: outside trio (README.rst, "From asyncio").
+        RuntimeError: outside trio (from asyncio: see the guide "Call it from
+            asyncio through trio-asyncio").
     """
     kind = scheme_of(url)
     if not isinstance(create, bool):

@@ -123,7 +123,6 @@ class PostgresBackend(Backend):
         pool (asyncpg.Pool): The connection pool (an escape hatch: use it from
             asyncio code, for example through
             ``trio_asyncio.aio_as_trio(..., loop=backend.loop)``).
-        fence_sql (str): The lease check of a fenced write (see the property).
         loop: The trio-asyncio loop the pool lives on.
     """
 

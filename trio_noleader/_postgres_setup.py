@@ -74,7 +74,7 @@ async def open_postgres_backend(
     On open it connects, then creates the table and its sequence if they are
     absent (under an advisory lock, so any number of processes may open a new
     table together), and checks an existing table's shape: one of another shape
-    is refused before any election. The schema is in README.rst.
+    is refused before any election. The schema is in docs/howto/postgres.rst.
 
     Example::
 

@@ -1,7 +1,7 @@
 """Tools to test election churn: fault injection, a fenced resource, simulation.
 
 Public API for users who want to property-test their own leader-only code in
-virtual time. See README.rst, "Testing your leader code".
+virtual time. See the guide docs/howto/testing.rst.
 
 - :class:`FaultyBackend` wraps a store for one candidate and injects faults:
   latency, lost requests, lost replies, partitions, process pauses, crashes;

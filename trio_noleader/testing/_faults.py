@@ -200,7 +200,7 @@ class FaultyBackend(Backend):
     candidate) a request that has left the candidate keeps travelling when its
     caller gives up (a timeout, a cancellation, a crash) and is applied when it
     arrives, like a packet already on the wire: the "applied long after it was
-    sent" case of README.rst's "Guarantees and limits" (ambiguous writes).
+    sent" case of docs/guarantees.rst (ambiguous writes).
 
     The pause model: trio cannot freeze a task, so a pause freezes the candidate's
     I/O instead. While paused, requests wait at a gate before they are sent,

@@ -45,7 +45,7 @@ class FencedWrite:
 class FencedResource:
     """A downstream store that applies a write only if its token is not stale.
 
-    This is what README.rst ("Guarantees and limits", fencing tokens) asks of the
+    This is what the guarantees (docs/guarantees.rst, fencing tokens) asks of the
     systems a leader writes to: a write is accepted only if its token is greater
     than or equal to the highest token accepted so far (so one term may write many
     times), and rejected otherwise.

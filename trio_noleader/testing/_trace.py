@@ -201,7 +201,7 @@ class Trace:
     def check_safety(self) -> None:
         """No two leader bodies are un-cancelled at the same virtual instant.
 
-        Also (README.rst, "Guarantees and limits": ambiguous writes): no body is
+        Also (docs/guarantees.rst: ambiguous writes): no body is
         entered with a deadline too close to survive one renewal round trip, i.e.
         with ``ttl - guard - renew_interval`` or less left (checked where the body
         sees its :class:`Leadership`).
@@ -231,7 +231,7 @@ class Trace:
         self._fail(problems, around)
 
     def check_fencing(self) -> None:
-        """Fencing tokens work end to end (README.rst, "Guarantees and limits").
+        """Fencing tokens work end to end (docs/guarantees.rst).
 
         - terms' tokens strictly increase in the order the terms began;
         - every renewal stored in the key carries the token of the lease it
