@@ -25,8 +25,11 @@ from pathlib import Path
 import pytest
 import trio
 
+import trio_noleader._nats
 from trio_noleader import (
+    BackendUnavailable,
     NatsBackend,
+    NewStore,
     current_leadership,
     hold_leadership,
     open_nats_backend,
@@ -170,6 +173,48 @@ async def test_nats_server_loses_the_bucket(how: str, tmp_path: Path) -> None:
                 server.start()
 
             await play(backends, restart, run)
+
+
+@pytest.mark.nats
+async def test_a_create_after_a_reconnect_knows_the_store_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (CI, "store directory wiped"): the server lost the bucket, another
+    replica made it anew, and a replica whose periodic identity check had not yet
+    run created the first lease on the new store at once, while the old store's
+    leader was still in its term. A create after a reconnect checks the store
+    first; the periodic check is put out of reach here so that only that can help.
+    """
+    monkeypatch.setattr(trio_noleader._nats, "IDENTITY_INTERVAL", 3600.0)
+    with nats_server(tmp_path / "server") as server:
+        bucket = f"ident_{uuid.uuid4().hex[:12]}"
+        async with open_nats_backend(server.url, bucket=bucket, storage="file") as first, \
+                open_nats_backend(server.url, bucket=bucket, storage="file") as second:
+            assert isinstance(first, NatsBackend)
+            assert isinstance(second, NatsBackend)
+            created = second.created
+            server.stop()
+            shutil.rmtree(server.workdir / "store")
+            server.start()
+            with trio.fail_after(20):
+                while True:  # until reconnected and JetStream answers
+                    try:
+                        assert await first.check_identity()  # it makes the bucket anew
+                        break
+                    except BackendUnavailable:
+                        await trio.sleep(0.1)
+                while True:
+                    try:
+                        await second.create(KEY, b"x" * 16, ttl=TTL)
+                    except NewStore as exc:
+                        refused = exc
+                        break
+                    except BackendUnavailable:  # not reconnected yet
+                        await trio.sleep(0.1)
+                        continue
+                    pytest.fail("the first lease on a new store was not held back")
+            assert 0 < refused.retry_after <= TTL
+            assert second.created == first.created != created
+            assert await second.get(KEY) is None  # nothing was written
 
 
 # -- SQLite ---------------------------------------------------------------------

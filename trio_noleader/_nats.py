@@ -143,6 +143,8 @@ class NatsBackend(Backend):
         self._born = -math.inf
         self._provision = provision
         self._check_now = trio.Event()
+        # The link's disconnect count when the bucket's identity was last checked.
+        self._identity_epoch = 0
         self._address = address
         self._link = link if link is not None else _Link()
         self._js = nc.jetstream(timeout=REQUEST_TIMEOUT)
@@ -229,12 +231,15 @@ class NatsBackend(Backend):
         """Check the bucket now (creating it if it is missing); True if it was replaced."""
         assert self._provision is not None
         before = self.created
+        epoch = self._link.disconnects
         if not self.learn(*await self._call(f"check bucket {self.bucket!r}",
                                             self._provision)):
+            self._identity_epoch = epoch
             return False
         self._values.clear()
         self._absent.clear()
         self._link.disconnects += 1  # open watches saw the old store: break them
+        self._identity_epoch = self._link.disconnects
         logger.warning("NATS KV bucket %r at %s is a new store (created %s; the one opened "
                        "was created %s): leases of the old one are gone",
                        self.bucket, self._address, self.created, before)
@@ -394,6 +399,12 @@ class NatsBackend(Backend):
     async def create(self, key: str, value: bytes, *, ttl: float) -> int:
         check_key(key)
         self.check_ttl(ttl)
+        if (self.new_store_grace and self._provision is not None
+                and self._link.disconnects != self._identity_epoch):
+            # Across a disconnect the server may have lost the bucket and another
+            # replica made it anew: know which store this is before the first lease
+            # on it (one more round trip, only after a reconnect).
+            await self.check_identity()
         young = self._born + ttl - trio.current_time()
         if self.new_store_grace and young > 0:
             # A leader of the store this one replaced may still be in its term: its
