@@ -76,9 +76,11 @@ class Campaign:
     """The state of one campaign: its candidate id and what it knows of its writes."""
 
     def __init__(self, backend: Backend, key: str, ttl: float, renew_interval: float,
-                 guard: float, wait: bool) -> None:
+                 guard: float, wait: bool, name: str | None = None) -> None:
         self.backend = backend
         self.key = key
+        # Stored with the lease; None writes the bare 16/24-byte values of old.
+        self.name = name
         self.ttl = ttl
         self.renew_interval = renew_interval
         self.guard = guard
@@ -121,7 +123,8 @@ class Campaign:
     def entry(self) -> Entry:
         """Our lease as the store holds it, as far as we know."""
         assert self.revision is not None
-        return Entry(self.key, encode_value(self.candidate_id, self.token), self.revision)
+        return Entry(self.key, encode_value(self.candidate_id, self.token, self.name),
+                     self.revision)
 
     async def _call(self, fn: Callable[[], Awaitable[T]], deadline: float) -> T:
         """Run one store call, cut at *deadline*; a cut is a transient failure."""
@@ -305,7 +308,8 @@ class Campaign:
                 return False
         try:
             self.token = await self._send(
-                lambda: self.backend.create(self.key, self.candidate_id.bytes, ttl=self.ttl),
+                lambda: self.backend.create(
+                    self.key, encode_value(self.candidate_id, None, self.name), ttl=self.ttl),
                 trio.current_time() + self.max_round_trip)
         except KeyExists:
             return False
@@ -330,7 +334,7 @@ class Campaign:
         Raises ``Lost`` or ``BackendUnavailable``.
         """
         assert self.revision is not None
-        update = Update(self.key, encode_value(self.candidate_id, self.token),
+        update = Update(self.key, encode_value(self.candidate_id, self.token, self.name),
                         self.revision, self.ttl)
         try:
             if self.batched:

@@ -20,7 +20,9 @@ from ._exceptions import (
 from ._reentry import one_per_task
 from ._types import (
     check_key,
+    check_name,
     check_timing,
+    default_name,
     type_error,
 )
 from ._unwrap import bare_exceptions
@@ -45,10 +47,13 @@ class Leadership:
             writers.
         cancel_scope (trio.CancelScope): The scope around the body. Its deadline is
             the local lease deadline.
+        name (str | None): The name stored with the lease (``hold_leadership(name=...)``).
     """
 
-    def __init__(self, key: str, candidate_id: uuid.UUID, token: int, deadline: float) -> None:
+    def __init__(self, key: str, candidate_id: uuid.UUID, token: int, deadline: float,
+                 name: str | None = None) -> None:
         self.key = key
+        self.name = name
         self.candidate_id = candidate_id
         self.token = token
         self.cancel_scope = trio.CancelScope(deadline=deadline)
@@ -121,6 +126,7 @@ def hold_leadership(
     renew_interval: float | None = None,
     guard: float | None = None,
     wait: bool = True,
+    name: str | None = None,
 ) -> AbstractAsyncContextManager[Leadership]:
     """Campaign for *key*, then run the block as leader while the lease holds.
 
@@ -148,6 +154,9 @@ def hold_leadership(
             ``guard/ttl``.
         wait (bool): If False, raise :class:`trio.WouldBlock` at once when someone
             else holds the key.
+        name (str | None): A label for this candidate, stored with the lease so that
+            :func:`current_leader` and ``noleader status`` show who leads; default
+            ``"<hostname>:<pid>"``. 1 to 128 of ``A-Z a-z 0-9 - . _ : @ / + = ~``.
 
     Raises:
         LeadershipLost: out of the ``async with`` if the lease was lost mid-body.
@@ -158,7 +167,7 @@ def hold_leadership(
             campaigns for *key* on the same backend (it would wait for itself).
         ValueError, TypeError: at once for a bad key or timing (see the rules:
             ``ttl`` finite and > 0, ``0 < renew_interval < ttl``,
-            ``0 <= guard < ttl - renew_interval``), or for a ttl the backend
+            ``0 <= guard < ttl - renew_interval``), for a bad *name*, or for a ttl the backend
             cannot keep (``Backend.check_ttl``). ``ValueError`` also comes, after
             I/O, when leases keep expiring before they can be renewed because the
             store's round trips do not fit in ``ttl - guard - renew_interval``.
@@ -170,24 +179,26 @@ def hold_leadership(
     timing = check_timing(ttl, renew_interval, guard)
     if not isinstance(wait, bool):
         raise type_error("wait", wait, "a bool")
+    name = default_name() if name is None else check_name(name)
     if backend is not None:
         resolve_backend(backend)
-    return one_per_task(_hold(key, backend, *timing, wait), key, backend)
+    return one_per_task(_hold(key, backend, *timing, wait, name), key, backend)
 
 
 @asynccontextmanager
 async def _hold(key: str, backend_arg: Backend | None, ttl: float, renew_interval: float,
-                guard: float, wait: bool) -> AsyncIterator[Leadership]:
+                guard: float, wait: bool, name: str) -> AsyncIterator[Leadership]:
     backend = resolve_backend(backend_arg)
     backend.check_ttl(ttl)
     with bare_exceptions():
-        campaign = Campaign(backend, key, ttl, renew_interval, guard, wait)
+        campaign = Campaign(backend, key, ttl, renew_interval, guard, wait, name)
         try:
             await campaign.campaign()
         except BaseException:
             await campaign.release()
             raise
-        lead = Leadership(key, campaign.candidate_id, campaign.token, campaign.deadline)
+        lead = Leadership(key, campaign.candidate_id, campaign.token, campaign.deadline,
+                          name)
         logger.info("elected for %s (candidate %s, token %d)", key, lead.candidate_id,
                     lead.token)
         try:
