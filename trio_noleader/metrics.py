@@ -31,12 +31,21 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 
 from ._observe import LeadershipEvent, add_observer, remove_observer
 
-__all__ = ["Metrics", "disable", "enable"]
+__all__ = ["Metrics", "disable", "enable", "serve"]
 
 #: Buckets of noleader_renew_seconds: store round trips, loopback to far away.
 RENEW_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -169,3 +178,25 @@ def disable(registry: CollectorRegistry | None = None) -> None:
     metrics = _enabled.pop(id(REGISTRY if registry is None else registry), None)
     if metrics is not None:
         metrics.close()
+
+
+@contextmanager
+def serve(port: int, addr: str = "0.0.0.0",
+          registry: CollectorRegistry | None = None) -> Iterator[int]:
+    """Enable the metrics and serve *registry* over HTTP at ``http://addr:port/metrics``.
+
+    prometheus_client's own server (:func:`prometheus_client.start_http_server`) in a
+    thread of its own, beside trio; stopped when the block ends. Port 0 picks a free
+    port. Yields the port bound.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port={port!r}: must be an int from 0 to 65535")
+    registry = REGISTRY if registry is None else registry
+    enable(registry)
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
