@@ -226,7 +226,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
         else:
             plain = _batched(result, row["backend"])
             r = ratio(per, _per_renewal(plain)) if plain is not None else math.nan
-            found.append(Target(name, "observer hook cost vs plain batched (in the noise)",
+            found.append(Target(name, "observer hook: CPU/renewal vs plain batched",
                                 f"{per * 1e6:.0f} us = {times(r)} of batched", None,
                                 "reported"))
     return found

@@ -84,6 +84,8 @@ class Metrics:
         # here. Read by the scraping thread, hence the lock.
         self._held: dict[str, dict[uuid.UUID, float]] = {}
         self._lock = threading.Lock()
+        # key -> the renewal path's series (a renewal looks up no labels).
+        self._renewal_series: dict[str, tuple[Counter, Histogram]] = {}
 
     def _remaining(self, key: str) -> float:
         with self._lock:
@@ -98,8 +100,9 @@ class Metrics:
             self._held[key] = {}
         self.is_leader.labels(key).set(0)
         self.terms.labels(key)
-        for outcome in ("ok", "failed"):
-            self.renewals.labels(key, outcome)
+        self.renewals.labels(key, "failed")
+        self._renewal_series[key] = (self.renewals.labels(key, "ok"),
+                                     self.renew_seconds.labels(key))
         self.lease_remaining.labels(key).set_function(lambda: self._remaining(key))
 
     def _set_deadline(self, event: LeadershipEvent) -> None:
@@ -120,6 +123,13 @@ class Metrics:
     def observe(self, event: LeadershipEvent) -> None:
         """The observer: one :class:`~trio_noleader.LeadershipEvent` into the metrics."""
         kind, key = event.kind, event.key
+        if kind == "renewed" and key in self._renewal_series:
+            renewals, seconds = self._renewal_series[key]
+            renewals.inc()
+            if event.seconds is not None:
+                seconds.observe(event.seconds)
+            self._set_deadline(event)
+            return
         self._known(key)
         if kind == "renewed":
             self.renewals.labels(key, "ok").inc()
