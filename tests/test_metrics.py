@@ -125,3 +125,18 @@ def test_default_registry() -> None:
         assert metrics.enable(prometheus_client.REGISTRY) is made
     finally:
         metrics.disable()
+
+
+async def test_enabled_in_the_middle_of_a_term(autojump_clock: trio.testing.MockClock) -> None:
+    registry = CollectorRegistry()
+    try:
+        async with hold_leadership(KEY, backend=MemoryBackend(), ttl=TTL):
+            metrics.enable(registry)
+            assert value(registry, "noleader_is_leader") is None
+            await trio.sleep(3.5)  # the first renewal is the first news
+            assert value(registry, "noleader_is_leader") == 1
+            assert value(registry, "noleader_renewals_total", outcome="ok") == 1
+            assert value(registry, "noleader_terms_total") == 0
+        assert value(registry, "noleader_is_leader") == 0
+    finally:
+        metrics.disable(registry)

@@ -131,11 +131,14 @@ class Metrics:
             self._set_deadline(event)
             return
         self._known(key)
+        if kind in ("renewed", "renew_failed"):
+            # Also the first news of a term begun before enable(): it is held.
+            self._set_deadline(event)
+            self.is_leader.labels(key).set(1)
         if kind == "renewed":
             self.renewals.labels(key, "ok").inc()
             if event.seconds is not None:
                 self.renew_seconds.labels(key).observe(event.seconds)
-            self._set_deadline(event)
         elif kind == "renew_failed":
             self.renewals.labels(key, "failed").inc()
         elif kind == "elected":
