@@ -3,6 +3,8 @@
     python -m benchmarks._worker candidate URL KEY TTL
     python -m benchmarks._worker handover-peer URL KEY TTL
     python -m benchmarks._worker renewal URL PREFIX LEASES TTL ROUNDS MODE
+        (MODE: batched, unbatched, metrics = batched with Prometheus metrics on,
+        silent = batched with no observer, not even logging's)
     python -m benchmarks._worker contention URL KEY TASKS TTL HOLD DURATION NAME
     python -m benchmarks._worker proxy HOST PORT
     python -m benchmarks._worker cas URL CALLS WARMUP TTL
@@ -182,8 +184,20 @@ async def renewal(url: str, prefix: str, leases: int, ttl: float, rounds: int,
     wrapper without ``update_many``: one call per renewal.
     """
     renew_interval = ttl / 3
+    if mode == "metrics":
+        # Prometheus metrics on, into a registry of their own (nobody scrapes).
+        from prometheus_client import CollectorRegistry
+
+        from trio_noleader import metrics
+
+        metrics.enable(CollectorRegistry())
+    elif mode == "silent":
+        # No observer at all, not even logging's: what the hook's check alone costs.
+        from trio_noleader._observe import log_event
+
+        trio_noleader.remove_observer(log_event)
     # Not counted on the wire: the CPU figures must not pay for the counting.
-    async with counted_backend(url, batched=mode == "batched",
+    async with counted_backend(url, batched=mode != "unbatched",
                                on_wire=False) as (inner, backend, wire):
         held: dict[int, trio_noleader.Leadership] = {}
         lost: list[str] = []
@@ -544,8 +558,9 @@ def main(argv: list[str]) -> int:
         trio.run(handover_peer, url, key, float(ttl))
     elif role == "renewal":
         url, prefix, leases, ttl, rounds, mode = args
-        if mode not in ("batched", "unbatched"):
-            raise SystemExit(f"renewal: MODE must be batched or unbatched, not {mode!r}")
+        if mode not in ("batched", "unbatched", "metrics", "silent"):
+            raise SystemExit("renewal: MODE must be batched, unbatched, metrics or silent, "
+                             f"not {mode!r}")
         trio.run(renewal, url, prefix, int(leases), float(ttl), int(rounds), mode)
     elif role == "contention":
         url, key, tasks, ttl, hold, duration, name = args

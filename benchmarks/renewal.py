@@ -17,6 +17,12 @@ backend as it is: renewals that fall due together go to the store in one
 *unbatched* (through a wrapper class without ``update_many``, so every renewal is
 its own ``update`` call): what batching buys.
 
+Two more batched rows measure the observer hook (``trio_noleader.add_observer``):
+*metrics* with :mod:`trio_noleader.metrics` enabled (every renewal is a counter, a
+histogram observation and a deadline update), and *silent* with no observer at all,
+not even the logging one that is on by default (the renewal path then pays one list
+check). Each is compared with the plain batched row of the same run.
+
 Baselines, same run, same lease count, ttl and window, no trio
 (:mod:`benchmarks._raw`): nats-py on plain asyncio with one task per lease, each
 sleeping until due and sending one compare-and-set publish with the TTL header
@@ -100,6 +106,9 @@ def run(env: Env) -> dict[str, Any]:
                      rounds, mode))
         for n in counts:
             library(name, url, n, "batched")
+        # The observer hook's cost: metrics on, and no observer at all (same leases).
+        library(name, url, leases, "metrics")
+        library(name, url, leases, "silent")
         library(name, url, leases, "unbatched")
         if env.profile_dir is not None:
             # One more run, under py-spy: where a batched renewal's CPU goes.
@@ -165,6 +174,8 @@ def table(results: dict[str, Any]) -> Table:
            "in the window: on NATS one bridged call, on SQLite one transaction each; "
            "batched: leases due together go in one update_many, unbatched: one update "
            "each; on NATS every renewal is still one JetStream publish")
+    for line in hook_cost(result):
+        t.note(line)
     if result["ttl"] != 15:
         t.note(f"--quick uses ttl {result['ttl']:g} s; the full run judges at ttl 15 s")
     for key, prof in result.get("profiles", {}).items():
@@ -208,8 +219,42 @@ def targets(results: dict[str, Any]) -> list[Target]:
             found.append(Target(f"{name}: share of a core",
                                 f"< {TARGET_CORE_PERCENT:g} % of one core",
                                 f"{core:.2f} %", core < TARGET_CORE_PERCENT and all_held))
-        else:
+        elif row["mode"] == "unbatched":
             r = ratio(per, _per_renewal(base)) if base is not None else math.nan
             found.append(Target(name, "without batching (for comparison)",
                                 f"{per * 1e6:.0f} us = {times(r)} raw", None, "reported"))
+        else:
+            plain = _batched(result, row["backend"])
+            r = ratio(per, _per_renewal(plain)) if plain is not None else math.nan
+            found.append(Target(name, "observer hook: CPU/renewal vs plain batched",
+                                f"{per * 1e6:.0f} us = {times(r)} of batched", None,
+                                "reported"))
     return found
+
+
+def _batched(result: dict[str, Any], backend: str) -> dict[str, Any] | None:
+    """The plain batched row of *backend* at the target's lease count."""
+    for row in result["rows"]:
+        if (row["side"] == "library" and row["backend"] == backend
+                and row["mode"] == "batched" and row["leases"] == result["leases"]):
+            return dict(row)
+    return None
+
+
+def hook_cost(result: dict[str, Any]) -> list[str]:
+    """One line per backend: CPU per renewal with metrics on and with no observer,
+    each over the plain batched row (the default: the logging observer only)."""
+    lines = []
+    for backend in sorted({row["backend"] for row in result["rows"]}):
+        plain = _batched(result, backend)
+        if plain is None:
+            continue
+        parts = []
+        for row in result["rows"]:
+            if row["backend"] == backend and row.get("mode") in ("metrics", "silent"):
+                r = ratio(_per_renewal(row), _per_renewal(plain))
+                parts.append(f"{row['mode']} {times(r)}")
+        if parts:
+            lines.append(f"observer hook, {backend}: CPU/renewal vs batched "
+                         f"({_per_renewal(plain) * 1e6:.1f} us): " + ", ".join(parts))
+    return lines

@@ -26,12 +26,12 @@ PACKAGE = Path(trio_noleader.__file__).resolve().parent
 LAYERS: list[set[str]] = [
     {"_version", "_exceptions", "_types", "_util", "_unwrap", "_urls"},
     {"abc"},
-    {"_release", "_context", "_reentry", "_hub", "_batch"},
+    {"_release", "_context", "_reentry", "_hub", "_batch", "_observe"},
     {"_aio", "_memory", "_sqlite_file", "_sqlite", "_nats_base", "_nats_watch", "_nats",
      "_nats_setup", "_postgres_sql", "_postgres_watch", "_postgres", "_postgres_setup",
      "_open"},
     {"_campaign", "_election"},
-    {"_helpers"},
+    {"_helpers", "metrics"},
     {"testing._faults", "testing._fence", "testing._schedule", "testing._trace",
      "testing._strategies", "testing._simulation", "testing._runner", "testing._servers",
      "testing._proxy",
@@ -48,6 +48,7 @@ EXTRAS: dict[str, set[str]] = {
     "asyncpg": {"_postgres", "_postgres_setup"},
     "trio_asyncio": {"_aio"},
     "hypothesis": {"testing._strategies"},
+    "prometheus_client": {"metrics"},
 }
 
 

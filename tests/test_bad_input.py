@@ -148,6 +148,31 @@ async def test_keys_with_empty_tokens_are_refused(
         assert await state() == before
 
 
+# -- names --------------------------------------------------------------------------------
+
+BAD_NAMES: list[tuple[Any, type[Exception], str]] = [
+    ("", ValueError, "invalid name ''"),
+    ("web 1", ValueError, "invalid name 'web 1'"),
+    ("h\u00f4te:1", ValueError, "invalid name"),
+    ("a\nb", ValueError, "invalid name"),
+    ("x" * 129, ValueError, "129 characters long"),
+    (b"web-1", TypeError, "name must be a str, got bytes"),
+    (7, TypeError, "name must be a str, got int"),
+]
+
+
+@pytest.mark.parametrize(("name", "error", "message"), BAD_NAMES)
+async def test_bad_names_fail_before_any_io(name: Any, error: type[Exception],
+                                            message: str) -> None:
+    store = FaultyBackend(MemoryBackend())
+    exc = await expect_refusal(lambda: hold_leadership(KEY, backend=store, name=name),
+                               error, message)
+    assert "A-Z a-z 0-9" in str(exc) or error is TypeError
+    await expect_refusal(lambda: run_as_leader(KEY, trio.sleep, 0, backend=store, name=name),
+                         error, message)
+    assert store.calls == []
+
+
 # -- timing --------------------------------------------------------------------------------
 
 MORE_BAD_TIMINGS: list[Any] = [

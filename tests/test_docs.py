@@ -157,7 +157,7 @@ def test_snippets_name_only_what_the_package_has() -> None:
     import trio_noleader.testing
 
     # Names that other work in progress adds; their guides are written already.
-    pending = {"run_sharded", "metrics"}
+    pending = {"run_sharded"}
     for where, code in _python_blocks():
         for module, name in re.findall(r"\b(trio_noleader(?:\.testing)?)\.(\w+)", code):
             if name in pending or name == "testing":

@@ -386,6 +386,12 @@ async def test_bucket_max_age_limits_the_ttl(nats_url: str) -> None:
 # -- sharing a bucket with the Rust noleader -------------------------------------------
 
 
+def _rust_reads(value: bytes) -> uuid.UUID | str:
+    """What the Rust crate makes of a value: ``Uuid::from_slice`` takes exactly 16 bytes,
+    anything else is ``LeaderValue::Unknown``."""
+    return uuid.UUID(bytes=bytes(value)) if len(value) == 16 else "unknown"
+
+
 async def test_rust_noleader_interop(nats_url: str, caplog: pytest.LogCaptureFixture
                                      ) -> None:
     """Exclusion both ways with what the Rust crate writes: 16 raw UUID bytes.
@@ -427,6 +433,7 @@ async def test_rust_noleader_interop(nats_url: str, caplog: pytest.LogCaptureFix
                     info = await current_leader(KEY, backend=backend)
                     assert info is not None
                     assert (info.candidate_id, info.token) == (rust_id, rust_revision)
+                    assert info.name is None
                     with pytest.raises(trio.WouldBlock):
                         async with hold_leadership(KEY, backend=backend, ttl=2, wait=False):
                             pytest.fail("elected over the Rust leader")  # pragma: no cover
@@ -438,10 +445,15 @@ async def test_rust_noleader_interop(nats_url: str, caplog: pytest.LogCaptureFix
                     assert (entry.value, entry.revision) == (rust_id.bytes, rust_revision)
 
                     # The Rust leader goes; we lead, and the Rust create fails meanwhile,
-                    # before and after our first renewal (16 then 24 bytes).
+                    # before and after our first renewal (named values: never 16 bytes,
+                    # so the crate's Uuid::from_slice reads an unknown holder, which it
+                    # never renews or overwrites).
                     await raw(rust_kv.delete)(KEY)
                     with trio.fail_after(5):
-                        async with hold_leadership(KEY, backend=backend, ttl=2) as lead:
+                        async with hold_leadership(KEY, backend=backend, ttl=2,
+                                                   name="py-replica:7") as lead:
+                            entry = await raw(rust_kv.get)(KEY)
+                            assert _rust_reads(entry.value) == "unknown"
                             with pytest.raises(nats.js.errors.KeyWrongLastSequenceError):
                                 await raw(rust_kv.create)(KEY, uuid.uuid4().bytes)
                             await trio.sleep(1.0)
@@ -449,7 +461,11 @@ async def test_rust_noleader_interop(nats_url: str, caplog: pytest.LogCaptureFix
                                 await raw(rust_kv.create)(KEY, uuid.uuid4().bytes)
                             entry = await raw(rust_kv.get)(KEY)
                             assert entry.value[:16] == lead.candidate_id.bytes
-                            assert len(entry.value) == 24
+                            assert _rust_reads(entry.value) == "unknown"
+                            info = await current_leader(KEY, backend=backend)
+                            assert info is not None
+                            assert info.name == "py-replica:7"
+                            assert info.token == lead.token
                     # Released on exit: the Rust create goes through again.
                     assert await raw(rust_kv.create)(KEY, uuid.uuid4().bytes) > 0
                 finally:

@@ -426,8 +426,8 @@ def test_mutation_every_term_gets_token_1(monkeypatch: pytest.MonkeyPatch) -> No
     original = _election.Leadership.__init__
 
     def same_token(self: _election.Leadership, key: str, candidate_id: object, token: int,
-                   deadline: float) -> None:
-        original(self, key, candidate_id, 1, deadline)  # type: ignore[arg-type]
+                   deadline: float, *rest: object) -> None:
+        original(self, key, candidate_id, 1, deadline, *rest)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_election.Leadership, "__init__", same_token)
     with pytest.raises(AssertionError, match="token did not increase"):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import abc as abc
 from ._election import Leadership as Leadership
+from ._election import LeadershipStatistics as LeadershipStatistics
 from ._election import current_leadership as current_leadership
 from ._election import hold_leadership as hold_leadership
 from ._exceptions import BackendUnavailable as BackendUnavailable
@@ -22,6 +23,9 @@ from ._helpers import current_leader as current_leader
 from ._helpers import run_as_leader as run_as_leader
 from ._helpers import watch_leader as watch_leader
 from ._memory import MemoryBackend as MemoryBackend
+from ._observe import LeadershipEvent as LeadershipEvent
+from ._observe import add_observer as add_observer
+from ._observe import remove_observer as remove_observer
 from ._open import open_backend as open_backend
 from ._sqlite import SQLiteBackend as SQLiteBackend
 from ._sqlite import open_sqlite_backend as open_sqlite_backend
@@ -42,7 +46,9 @@ __all__ = [
     "KeyExists",
     "LeaderInfo",
     "Leadership",
+    "LeadershipEvent",
     "LeadershipLost",
+    "LeadershipStatistics",
     "MemoryBackend",
     "NatsBackend",
     "NewStore",
@@ -52,6 +58,7 @@ __all__ = [
     "SQLiteBackend",
     "__version__",
     "abc",
+    "add_observer",
     "current_leader",
     "current_leadership",
     "hold_leadership",
@@ -59,6 +66,7 @@ __all__ = [
     "open_nats_backend",
     "open_postgres_backend",
     "open_sqlite_backend",
+    "remove_observer",
     "run_as_leader",
     "watch_leader",
 ]

@@ -20,9 +20,10 @@ from typing import TypeVar
 
 import trio
 
-from . import _batch
+from . import _batch, _observe
 from ._exceptions import BackendUnavailable, KeyExists, NewStore, RevisionMismatch
 from ._hub import UNKNOWN, KeyHub, hub_for
+from ._observe import LeadershipEvent
 from ._release import RELEASE_TIMEOUT, janitor_for, release_if_ours
 from ._types import Entry, decode_value, encode_value, max_round_trip, new_candidate_id
 from ._util import Backoff
@@ -67,18 +68,22 @@ class Cut(BackendUnavailable):
 class Lost(Exception):
     """The store shows that the lease is not ours any more."""
 
-    def __init__(self, reason: str, *, expired: bool = False) -> None:
+    def __init__(self, reason: str, *, expired: bool = False, kind: str = "taken") -> None:
         super().__init__(reason)
         self.expired = expired
+        # The loss's reason for observers (LeadershipEvent.reason).
+        self.kind = "expired" if expired else kind
 
 
 class Campaign:
     """The state of one campaign: its candidate id and what it knows of its writes."""
 
     def __init__(self, backend: Backend, key: str, ttl: float, renew_interval: float,
-                 guard: float, wait: bool) -> None:
+                 guard: float, wait: bool, name: str | None = None) -> None:
         self.backend = backend
         self.key = key
+        # Stored with the lease; None writes the bare 16/24-byte values of old.
+        self.name = name
         self.ttl = ttl
         self.renew_interval = renew_interval
         self.guard = guard
@@ -95,6 +100,12 @@ class Campaign:
         self.renew_now = False
         self.failures = 0
         self.last_error: BaseException | None = None
+        # For statistics(): renewals of the term that were applied, those that failed,
+        # and the last applied one's call time and end (trio time).
+        self.renewals = 0
+        self.renew_failures = 0
+        self.last_renew_seconds: float | None = None
+        self.last_renewed_at: float | None = None
         # Round trips of the last few calls the store answered (seconds).
         self.recent: collections.deque[float] = collections.deque(maxlen=3)
         self.batched = _batch.batches_renewals(backend)
@@ -114,6 +125,14 @@ class Campaign:
         """The slowest of the recent answered round trips (0 before any)."""
         return max(self.recent, default=0.0)
 
+    def event(self, kind: str, *, seconds: float | None = None, deadline: float | None = None,
+              reason: str | None = None, error: str | None = None,
+              retry_in: float | None = None) -> LeadershipEvent:
+        """A :class:`LeadershipEvent` of this campaign, now."""
+        return LeadershipEvent(kind, self.key, self.candidate_id, self.name, self.token,
+                               self.revision, trio.current_time(), seconds, deadline, reason,
+                               error, retry_in)
+
     def ours(self, entry: object) -> bool:
         return (isinstance(entry, Entry)
                 and decode_value(entry.value, entry.revision)[0] == self.candidate_id)
@@ -121,7 +140,8 @@ class Campaign:
     def entry(self) -> Entry:
         """Our lease as the store holds it, as far as we know."""
         assert self.revision is not None
-        return Entry(self.key, encode_value(self.candidate_id, self.token), self.revision)
+        return Entry(self.key, encode_value(self.candidate_id, self.token, self.name),
+                     self.revision)
 
     async def _call(self, fn: Callable[[], Awaitable[T]], deadline: float) -> T:
         """Run one store call, cut at *deadline*; a cut is a transient failure."""
@@ -180,7 +200,7 @@ class Campaign:
             # TTL still runs from that write's send time, self.base.)
             if self.unresolved is None:
                 raise Lost(f"our candidate id is at revision {entry.revision}, "
-                           "which no write of ours can explain")
+                           "which no write of ours can explain", kind="conflict")
             self.base = self.unresolved
             self.unresolved = None
         self.revision = entry.revision
@@ -305,7 +325,8 @@ class Campaign:
                 return False
         try:
             self.token = await self._send(
-                lambda: self.backend.create(self.key, self.candidate_id.bytes, ttl=self.ttl),
+                lambda: self.backend.create(
+                    self.key, encode_value(self.candidate_id, None, self.name), ttl=self.ttl),
                 trio.current_time() + self.max_round_trip)
         except KeyExists:
             return False
@@ -330,7 +351,7 @@ class Campaign:
         Raises ``Lost`` or ``BackendUnavailable``.
         """
         assert self.revision is not None
-        update = Update(self.key, encode_value(self.candidate_id, self.token),
+        update = Update(self.key, encode_value(self.candidate_id, self.token, self.name),
                         self.revision, self.ttl)
         try:
             if self.batched:
@@ -361,7 +382,8 @@ class Campaign:
             due = math.floor(due / RENEW_GRID) * RENEW_GRID
         return due
 
-    async def renew_loop(self, scope: trio.CancelScope, lose: Callable[[str], None]) -> None:
+    async def renew_loop(self, scope: trio.CancelScope,
+                         lose: Callable[[str, str], None]) -> None:
         """The sibling task: keep the lease, move *scope*'s deadline, or call *lose*."""
         backoff = Backoff(self.renew_interval / 10, self.renew_interval / 2)
         retry_at: float | None = None
@@ -382,26 +404,30 @@ class Campaign:
             self._sleeping = None
             if self._stopping:
                 return
-            if trio.current_time() >= self.deadline:
-                lose(self.deadline_passed())
+            started = trio.current_time()
+            if started >= self.deadline:
+                lose(self.deadline_passed(), "deadline")
                 return
             applied = False
             try:
                 with trio.CancelScope() as self._calling:
                     applied = await self.renew_once(self.deadline)
             except Lost as exc:
-                lose(str(exc))
+                lose(str(exc), exc.kind)
                 return
             except BackendUnavailable as exc:
                 self.failures += 1
+                self.renew_failures += 1
                 self.last_error = exc
                 now = trio.current_time()
                 # Back off, but always leave one more try before the deadline: a
                 # store that comes back just in time must not find us asleep.
                 last_chance = self.deadline - max(2 * self.round_trip, backoff.initial)
                 retry_at = max(now + backoff.initial, min(now + backoff.next(), last_chance))
-                logger.warning("renewing %s failed (%s); retrying in %.2g s",
-                               self.key, exc, retry_at - now)
+                if _observe.observers:
+                    _observe.emit(self.event("renew_failed", seconds=now - started,
+                                             deadline=self.deadline, error=str(exc),
+                                             retry_in=retry_at - now))
                 continue
             finally:
                 self._calling = None
@@ -414,8 +440,13 @@ class Campaign:
                 backoff.reset()
             if not scope.cancel_called:
                 scope.deadline = self.deadline
-            logger.debug("renewed %s (token %d, revision %d)", self.key, self.token,
-                         self.revision)
+            now = trio.current_time()
+            self.renewals += 1
+            self.last_renew_seconds = now - started
+            self.last_renewed_at = now
+            if _observe.observers:
+                _observe.emit(self.event("renewed", seconds=now - started,
+                                         deadline=self.deadline))
 
     def stop_renewing(self) -> None:
         """End the renewal loop: at once if it sleeps, after its answer if a renewal
@@ -431,14 +462,16 @@ class Campaign:
 
     # -- the end -----------------------------------------------------------------
 
-    async def release(self) -> None:
+    async def release(self) -> str | None:
         """Release our lease, shielded and bounded; leave the rest to the janitor.
 
         Also for a campaign that ended unelected: a create of ours may still land,
-        and only a watch can tell, so the janitor watches for it.
+        and only a watch can tell, so the janitor watches for it. Returns
+        ``"released"`` (deleted), ``"gone"`` (not ours any more), ``"unconfirmed"``
+        (left to the janitor) or None (nothing of ours to release).
         """
         if self.revision is None and self.unresolved is None:
-            return
+            return None
         janitor = janitor_for(self.backend)
         if self.revision is None:
             assert self.unresolved is not None
@@ -447,7 +480,7 @@ class Campaign:
             janitor.add(self.backend, self.key, self.candidate_id, watch_until=until,
                         give_up_at=until + self.ttl,
                         reason="the campaign ended while a create of its own was on its way")
-            return
+            return "unconfirmed"
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + min(RELEASE_TIMEOUT, self.ttl)
             try:
@@ -456,12 +489,9 @@ class Campaign:
             except BackendUnavailable as exc:
                 logger.debug("release of %s failed: %s", self.key, exc)
             else:
-                if released:
-                    logger.info("released %s (candidate %s, token %d)",
-                                self.key, self.candidate_id, self.token)
                 self.revision = None
                 self.unresolved = None
-                return
+                return "released" if released else "gone"
         now = trio.current_time()
         janitor.add(self.backend, self.key, self.candidate_id,
                     watch_until=now + self.max_round_trip,
@@ -469,3 +499,4 @@ class Campaign:
                     reason="the store did not answer the release")
         self.revision = None
         self.unresolved = None
+        return "unconfirmed"

@@ -36,7 +36,7 @@ from ._cli_run import check_grace, cmd_run, default_grace
 from ._exceptions import BackendUnavailable, NoLeaderError, RevisionMismatch
 from ._helpers import current_leader, watch_leader
 from ._open import open_backend
-from ._types import LeaderInfo, check_key, check_seconds, check_timing
+from ._types import LeaderInfo, check_key, check_name, check_seconds, check_timing
 from ._urls import path_from_url, redact_url, scheme_of
 from ._version import __version__
 
@@ -62,14 +62,17 @@ async def cmd_status(args: argparse.Namespace) -> int:
         print(f"no elections in {redact_url(args.url)}")
         return code
     width = max(len(key) for key, _ in rows)
-    print(f"{'KEY':<{width}}  {'LEADER':<36}  {'TOKEN':>8}  {'TIME LEFT':>9}")
+    names = max([4] + [len(info.name) for _, info in rows if info and info.name])
+    print(f"{'KEY':<{width}}  {'NAME':<{names}}  {'LEADER':<36}  {'TOKEN':>8}  "
+          f"{'TIME LEFT':>9}")
     for key, info in rows:
         if info is None:
-            print(f"{key:<{width}}  {'-':<36}  {'-':>8}  {'-':>9}")
+            print(f"{key:<{width}}  {'-':<{names}}  {'-':<36}  {'-':>8}  {'-':>9}")
             continue
         holder = str(info.candidate_id) if info.candidate_id else "(unknown holder)"
         left = "?" if info.expires_in is None else f"{info.expires_in:.1f}s"
-        print(f"{key:<{width}}  {holder:<36}  {info.token:>8}  {left:>9}")
+        print(f"{key:<{width}}  {info.name or '-':<{names}}  {holder:<36}  "
+              f"{info.token:>8}  {left:>9}")
     return code
 
 
@@ -116,6 +119,13 @@ def _key(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _name(text: str) -> str:
+    try:
+        return check_name(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seconds(text: str) -> float:
     try:
         return check_seconds("seconds", float(text))
@@ -129,7 +139,7 @@ URL_HELP = ("the store: sqlite:///path/to/leases.db, nats://host:4222/bucket, "
             "postgresql://user:pw@host/db "
             "(default: $NOLEADER_URL, else an SQLite file under $XDG_STATE_HOME/noleader)")
 RUN_USAGE = ("noleader run [-h] [--url URL] [--ttl SECONDS] [--grace SECONDS] [--no-wait] "
-             "KEY -- CMD [ARGS...]")
+             "[--name NAME] [--metrics-port PORT] KEY -- CMD [ARGS...]")
 
 
 def _add_url(parser: argparse.ArgumentParser, default: object) -> None:
@@ -178,6 +188,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      "5 at the default ttl); must be < ttl - ttl/10 - ttl/3")
     run.add_argument("--no-wait", action="store_true",
                      help="exit 121 at once if someone else leads")
+    run.add_argument("--name", type=_name, default=None,
+                     help="this candidate's name, shown by status and watch (default "
+                     "HOSTNAME:PID)")
+    run.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                     help="serve Prometheus metrics of the lease at "
+                     "http://ADDR:PORT/metrics (0: a free port, said on stderr; needs "
+                     "the metrics extra)")
+    run.add_argument("--metrics-addr", default="0.0.0.0", metavar="ADDR",
+                     help="the address --metrics-port binds (default 0.0.0.0)")
 
     status = add("status", help="who leads each election",
                  description="Show who holds each election of the store, or the KEYs "
@@ -272,6 +291,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             sub_parser.error("run needs a command after --, e.g. "
                              "noleader run KEY -- my-scheduler --flag")
         args.command = command
+        if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+            sub_parser.error(f"--metrics-port {args.metrics_port}: must be 0 to 65535")
         try:
             check_timing(args.ttl, None, None)
             if args.grace is None:

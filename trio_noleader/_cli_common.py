@@ -88,6 +88,8 @@ def describe(info: LeaderInfo | None) -> str:
         return "no leader"
     holder = str(info.candidate_id) if info.candidate_id is not None else "unknown holder"
     left = "" if info.expires_in is None else f", {info.expires_in:.1f} s left"
+    if info.name is not None:
+        return f"{info.name} (candidate {holder}, token {info.token}{left})"
     return f"{holder} (token {info.token}{left})"
 
 
@@ -96,6 +98,7 @@ def info_json(key: str, info: LeaderInfo | None) -> dict[str, Any]:
         "key": key,
         "leader": None if info is None or info.candidate_id is None
         else str(info.candidate_id),
+        "name": None if info is None else info.name,
         "held": info is not None,
         "foreign": info is not None and info.candidate_id is None,
         "token": None if info is None else info.token,

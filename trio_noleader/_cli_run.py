@@ -30,7 +30,7 @@ import shlex
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from ._cli_common import (
     EXIT_LOST,
     EXIT_NOT_ELECTED,
     EXIT_SIGNAL_BASE,
+    EXIT_USAGE,
     Exit,
     describe,
     say,
@@ -369,7 +370,7 @@ async def _lead(args: argparse.Namespace, lead: Leadership, stop: _Stop) -> int:
 async def _campaign_and_run(args: argparse.Namespace, stop: _Stop) -> int:
     try:
         async with open_backend(args.url), hold_leadership(
-            args.key, ttl=args.ttl, wait=not args.no_wait
+            args.key, ttl=args.ttl, wait=not args.no_wait, name=args.name
         ) as lead:
             stop.leading = True
             if stop.signals:  # arrived as we were elected: do not start
@@ -381,6 +382,30 @@ async def _campaign_and_run(args: argparse.Namespace, stop: _Stop) -> int:
     except LeadershipLost:
         # The library has said why; the command has been stopped.
         return EXIT_LOST
+
+
+@contextlib.contextmanager
+def _metrics(args: argparse.Namespace) -> Iterator[None]:
+    """``--metrics-port``: the lease's metrics over HTTP while noleader runs."""
+    port: int | None = getattr(args, "metrics_port", None)
+    if port is None:
+        yield
+        return
+    try:
+        from . import metrics
+    except ImportError:
+        raise Exit(EXIT_USAGE, "--metrics-port needs the metrics extra: "
+                   "pip install 'trio-noleader[metrics]'") from None
+    try:
+        server = metrics.serve(port, args.metrics_addr)
+        bound = server.__enter__()
+    except OSError as exc:
+        raise Exit(EXIT_USAGE, f"--metrics-port {port}: {exc}") from None
+    try:
+        say(f"metrics on http://{args.metrics_addr}:{bound}/metrics")
+        yield
+    finally:
+        server.__exit__(None, None, None)
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -398,7 +423,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
                     stop.poke()
 
             nursery.start_soon(take_signals)
-            with stop.campaign:
+            with stop.campaign, _metrics(args):
                 code = await _campaign_and_run(args, stop)
             nursery.cancel_scope.cancel()
     if code is None:

@@ -11,7 +11,7 @@ import trio
 from ._context import require_trio, resolve_backend
 from ._election import Leadership, hold_leadership
 from ._exceptions import LeadershipLost
-from ._types import LeaderInfo, check_key, check_timing, type_error
+from ._types import LeaderInfo, check_key, check_name, check_timing, type_error
 from .abc import Backend
 
 __all__ = ["current_leader", "run_as_leader", "watch_leader"]
@@ -30,6 +30,7 @@ async def run_as_leader(
     renew_interval: float | None = None,
     guard: float | None = None,
     wait: bool = True,
+    name: str | None = None,
     task_status: trio.TaskStatus[Leadership] = trio.TASK_STATUS_IGNORED,
 ) -> T:
     """Run ``await async_fn(*args)`` while leader of *key*; re-campaign after each loss.
@@ -46,6 +47,8 @@ async def run_as_leader(
     """
     check_key(key)
     check_timing(ttl, renew_interval, guard)
+    if name is not None:
+        check_name(name)
     if not callable(async_fn):
         raise type_error("async_fn", async_fn, "an async function")
     require_trio("run_as_leader()")
@@ -54,7 +57,7 @@ async def run_as_leader(
         try:
             async with hold_leadership(key, backend=backend, ttl=ttl,
                                        renew_interval=renew_interval, guard=guard,
-                                       wait=wait) as lead:
+                                       wait=wait, name=name) as lead:
                 if not started:
                     started = True
                     task_status.started(lead)

@@ -42,9 +42,10 @@ MIN_SERVER_VERSION = (2, 11, 2)
 #: Default seconds for one connection attempt: an unreachable server fails fast.
 CONNECT_TIMEOUT = 2.0
 
-#: Bytes a bucket must accept in one message (``max_msg_size``): a renewal is 24
-#: bytes of value and about 95 of headers, a release about 90 of headers.
-MIN_MSG_SIZE = 256
+#: Bytes a bucket must accept in one message (``max_msg_size``): a renewal is up to
+#: 153 bytes of value (with a 128-character name) and about 95 of headers, a release
+#: about 90 of headers.
+MIN_MSG_SIZE = 384
 
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,10 +15,13 @@ __all__ = [
     "Entry",
     "LeaderInfo",
     "check_key",
+    "check_name",
     "check_seconds",
     "check_timing",
     "check_type",
+    "decode_name",
     "decode_value",
+    "default_name",
     "encode_value",
     "max_round_trip",
     "new_candidate_id",
@@ -30,6 +34,13 @@ _KEY_RULE = (
     "and do not start or end with '.' or hold '..'"
 )
 MAX_KEY_LENGTH = 1024
+
+_NAME_RE = re.compile(r"[-._:@/+=~a-zA-Z0-9]+")
+MAX_NAME_LENGTH = 128
+_NAME_RULE = (f"names are 1 to {MAX_NAME_LENGTH} of the characters A-Z a-z 0-9 "
+              "- . _ : @ / + = ~")
+#: After the 16 UUID bytes and the 8 token bytes, this byte says a name follows.
+_NAME_TAG = 1
 
 T = TypeVar("T")
 
@@ -64,18 +75,22 @@ class LeaderInfo:
         revision (int): The store revision of the entry as last written (it changes
             on every renewal).
         expires_in (float | None): Seconds left on the lease when read, if known.
+        name (str | None): The holder's name (``hold_leadership(name=...)``, by
+            default ``"<hostname>:<pid>"``), or ``None`` for a foreign value or one
+            written without a name (by the Rust crate noleader, or before names).
     """
 
     candidate_id: uuid.UUID | None
     token: int
     revision: int
     expires_in: float | None = None
+    name: str | None = None
 
     @classmethod
     def from_entry(cls, entry: Entry) -> LeaderInfo:
         cid, token = decode_value(entry.value, entry.revision)
         return cls(cid, token if token is not None else entry.revision, entry.revision,
-                   entry.expires_in)
+                   entry.expires_in, decode_name(entry.value))
 
 
 def check_key(key: object) -> str:
@@ -93,6 +108,25 @@ def check_key(key: object) -> str:
             or ".." in key):
         raise ValueError(f"invalid key {key!r}: {_KEY_RULE}")
     return key
+
+
+def check_name(name: object) -> str:
+    """Return *name* if it is a valid candidate name, else raise TypeError/ValueError."""
+    if not isinstance(name, str):
+        raise type_error("name", name, "a str")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"name {name[:40]!r}... is {len(name)} characters long; "
+                         f"{_NAME_RULE}")
+    if not name.isascii() or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"invalid name {name!r}: {_NAME_RULE}")
+    return name
+
+
+def default_name() -> str:
+    """``"<hostname>:<pid>"``, the hostname cut down to what a name may hold."""
+    host = re.sub(r"[^-._a-zA-Z0-9]", "_", socket.gethostname()) or "localhost"
+    pid = f":{os.getpid()}"
+    return host[: MAX_NAME_LENGTH - len(pid)] + pid
 
 
 def type_error(name: str, value: object, expected: str) -> TypeError:
@@ -179,21 +213,51 @@ def new_candidate_id() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
-def encode_value(candidate_id: uuid.UUID, token: int | None = None) -> bytes:
-    """The stored value: 16 raw UUID bytes, then the token (8 bytes, big-endian) if given."""
+def encode_value(candidate_id: uuid.UUID, token: int | None = None,
+                 name: str | None = None) -> bytes:
+    """The stored value: 16 raw UUID bytes, then the token (8 bytes, big-endian) if given.
+
+    With a *name*: the UUID, the token (zero when not known yet: the entry's own
+    revision is the token), one tag byte (1), then the name in ASCII. Never 16
+    bytes long, so the Rust crate noleader reads it as an unknown holder, which it
+    never overwrites.
+    """
+    if name is not None:
+        return (candidate_id.bytes + (token or 0).to_bytes(8, "big")
+                + bytes((_NAME_TAG,)) + name.encode("ascii"))
     if token is None:
         return candidate_id.bytes
     return candidate_id.bytes + token.to_bytes(8, "big")
 
 
+def _named(value: bytes) -> bool:
+    # The name's rule is checked too: a corrupt value is a foreign holder, left alone.
+    if len(value) < 26 or value[24] != _NAME_TAG or len(value) > 25 + MAX_NAME_LENGTH:
+        return False
+    try:
+        name = bytes(value[25:]).decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    return _NAME_RE.fullmatch(name) is not None
+
+
 def decode_value(value: bytes, revision: int) -> tuple[uuid.UUID | None, int | None]:
     """Split a stored value into ``(candidate_id, token)``.
 
-    A 16-byte value's token is its own *revision*. Any value that is not 16 or 24
-    bytes is a foreign holder: ``(None, None)``.
+    A 16-byte value's token is its own *revision*, as is a named value's whose token
+    is zero. Any value that is not 16 or 24 bytes or a well-formed named value is a
+    foreign holder: ``(None, None)``.
     """
     if len(value) == 16:
         return uuid.UUID(bytes=bytes(value)), revision
     if len(value) == 24:
         return uuid.UUID(bytes=bytes(value[:16])), int.from_bytes(value[16:], "big")
+    if _named(value):
+        token = int.from_bytes(value[16:24], "big")
+        return uuid.UUID(bytes=bytes(value[:16])), token or revision
     return None, None
+
+
+def decode_name(value: bytes) -> str | None:
+    """The name in a stored value, or ``None`` (no name, or not one of our values)."""
+    return bytes(value[25:]).decode("ascii") if _named(value) else None
