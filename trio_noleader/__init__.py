@@ -23,6 +23,8 @@ from ._helpers import run_as_leader as run_as_leader
 from ._helpers import watch_leader as watch_leader
 from ._memory import MemoryBackend as MemoryBackend
 from ._open import open_backend as open_backend
+from ._sharded import ShardGroup as ShardGroup
+from ._sharded import run_sharded as run_sharded
 from ._sqlite import SQLiteBackend as SQLiteBackend
 from ._sqlite import open_sqlite_backend as open_sqlite_backend
 from ._types import Entry as Entry
@@ -50,6 +52,7 @@ __all__ = [
     "PostgresBackend",
     "RevisionMismatch",
     "SQLiteBackend",
+    "ShardGroup",
     "__version__",
     "abc",
     "current_leader",
@@ -60,6 +63,7 @@ __all__ = [
     "open_postgres_backend",
     "open_sqlite_backend",
     "run_as_leader",
+    "run_sharded",
     "watch_leader",
 ]
 
