@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"_helpers", "_sharded"},
     {"testing._faults", "testing._fence", "testing._schedule", "testing._trace",
      "testing._strategies", "testing._simulation", "testing._runner", "testing._servers",
-     "testing._proxy",
+     "testing._proxy", "testing._sharded",
      "testing"},
     {"_supervisor", "_cli_common"},
     {"_cli_run", "_cli_demo"},

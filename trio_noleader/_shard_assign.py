@@ -2,11 +2,12 @@
 
 The rule ``run_sharded`` follows (DESIGN.md section 9) is *capped and sticky*:
 
-- Every live member may own at most ``cap(N, M) = ceil(N / M)`` keys.
-- A key stays where it runs unless its owner is over the cap or gone.
-- A member over the cap sheds its extras, the keys it likes least first (lowest
+- Every live member has a quota, ``floor(N / M)`` or one more (:func:`quota`;
+  never above ``cap(N, M) = ceil(N / M)``), and the quotas add up to N.
+- A key stays where it runs unless its owner is over its quota or gone.
+- A member over its quota sheds its extras, the keys it likes least first (lowest
   rendezvous score), by drain-then-release.
-- A free key is claimed by a member under the cap; members try in the key's
+- A free key is claimed by a member under its quota; members try in the key's
   rendezvous order (a short delay per rank), so the preferred member with room
   usually wins and the others find the key taken.
 
@@ -27,7 +28,7 @@ import math
 from collections.abc import Iterable, Mapping
 
 __all__ = ["balance_bounds", "bounded_consistent", "cap", "join_move_bound", "moved",
-           "rank", "score", "settle", "shed_order"]
+           "quota", "rank", "score", "settle", "shed_order"]
 
 
 def score(member: str, key: str) -> int:
@@ -39,6 +40,22 @@ def score(member: str, key: str) -> int:
 def cap(keys: int, members: int) -> int:
     """The most keys one of *members* live members may own: ``ceil(keys / members)``."""
     return math.ceil(keys / max(members, 1))
+
+
+def quota(member: str, members: Iterable[str], keys: int) -> int:
+    """How many of *keys* keys *member* should own among *members*.
+
+    ``floor(N / M)`` each, and one more for the first ``N mod M`` members in
+    sorted order (member ids are UUIDv7s, so the longest-standing ones: a join
+    does not take an extra away from anyone). The quotas add up to N exactly, so
+    once every member holds its quota every key is owned and the balance is as
+    even as it can be. Never above :func:`cap`.
+    """
+    ordered = sorted(set(members))
+    if member not in ordered:
+        ordered = sorted({*ordered, member})
+    base, extra = divmod(keys, len(ordered))
+    return base + (1 if ordered.index(member) < extra else 0)
 
 
 def balance_bounds(keys: int, members: int) -> tuple[int, int]:
@@ -67,16 +84,16 @@ def settle(keys: Iterable[str], members: Iterable[str],
            owners: Mapping[str, str] | None = None) -> dict[str, str]:
     """Where the capped, sticky rule settles from *owners* (key -> member) for *members*.
 
-    Keys of members that are gone are free; every member over the cap sheds its
+    Keys of members that are gone are free; every member over its quota sheds its
     least preferred keys; each free key then goes to the member that prefers it
-    most among those under the cap (what the claim delays make likely in the
+    most among those under their quota (what the claim delays make likely in the
     real thing). Deterministic.
     """
     key_list = sorted(set(keys))
     member_list = sorted(set(members))
     if not member_list:
         return {}
-    limit = cap(len(key_list), len(member_list))
+    limits = {m: quota(m, member_list, len(key_list)) for m in member_list}
     live = set(member_list)
     kept: dict[str, list[str]] = {m: [] for m in member_list}
     for key in key_list:
@@ -85,14 +102,14 @@ def settle(keys: Iterable[str], members: Iterable[str],
             kept[owner].append(key)
     result: dict[str, str] = {}
     for member, mine in kept.items():
-        keep = shed_order(member, mine)[len(mine) - min(len(mine), limit):]
+        keep = shed_order(member, mine)[len(mine) - min(len(mine), limits[member]):]
         for key in keep:
             result[key] = member
-    load = {m: len(kept[m]) if len(kept[m]) <= limit else limit for m in member_list}
+    load = {m: min(len(kept[m]), limits[m]) for m in member_list}
     free = [k for k in key_list if k not in result]
     # The keys most strongly wanted go first, so a member's room goes to its favourites.
     for key in sorted(free, key=lambda k: -max(score(m, k) for m in member_list)):
-        room = [m for m in member_list if load[m] < limit]
+        room = [m for m in member_list if load[m] < limits[m]]
         best = max(room, key=lambda m: score(m, key))
         result[key] = best
         load[best] += 1

@@ -10,16 +10,17 @@ candidate id, fresh at every join.
 
 Keys. Each job key is its own lease, taken with ``hold_leadership(key,
 wait=False)`` only when it is free, and the job's ``async_fn(key)`` runs in that
-lease's cancel scope. The capped, sticky rule of :mod:`._shard_assign` decides:
-a replica keeps what it runs while it is within ``ceil(N / M)``; over it, it
-drains and releases the keys it likes least; under it, it looks for free keys
+lease's cancel scope. The quota-capped, sticky rule of :mod:`._shard_assign`
+decides: a replica keeps what it runs while it is within its quota
+(``floor(N / M)`` or one more, the quotas adding up to N); over it, it drains
+and releases the keys it likes least; under it, it looks for free keys
 (one ``Backend.keys()`` call, at once on a membership change and every
 ``renew_interval / 4`` while it has room) and claims them after a delay of
 ``rank * renew_interval / (4 M)``, so the member that prefers a key most tries
 first. A replica with no room makes no store calls beyond its renewals and its
 slot watches.
 
-Hysteresis. A member seen joining counts for the others' cap only after it has
+Hysteresis. A member seen joining counts for the others' quotas only after it has
 been a member for ``renew_interval / 2`` (the settle delay): a member that flaps
 faster than that moves nothing. Members present before we joined count at once;
 a leave counts at once.
@@ -161,10 +162,10 @@ class _Runner:
     # -- membership --------------------------------------------------------------
 
     def members(self) -> list[str]:
-        """The member ids that count for the cap now (settle delay applied)."""
+        """The member ids that count for the quotas now (settle delay applied)."""
         now = trio.current_time()
         ids = {ident for slot, (ident, _, seen) in self.slots.items()
-               if slot != self.my_slot and now - seen >= self.join_delay}
+               if slot != self.my_slot and seen + self.join_delay <= now}
         if self.me is not None:
             ids.add(self.me)
         return sorted(ids)
@@ -172,7 +173,7 @@ class _Runner:
     def _next_maturity(self) -> float:
         now = trio.current_time()
         pending = [seen + self.join_delay for _, _, seen in self.slots.values()
-                   if now - seen < self.join_delay]
+                   if seen + self.join_delay > now]
         return min(pending, default=math.inf)
 
     def _set_labels(self) -> None:
@@ -213,7 +214,7 @@ class _Runner:
 
     async def serve(self) -> NoReturn:
         backoff = Backoff(0.05, max(self.renew_interval, 0.05))
-        # Join with the others in view, so that they count for our cap at once.
+        # Join with the others in view, so that they count for our quota at once.
         with trio.move_on_after(self.renew_interval):
             await self.ready.wait()
         while True:
@@ -261,15 +262,15 @@ class _Runner:
             changed = self.handle._changed
             keys = self.handle._keys
             members = self.members()
-            limit = assign.cap(len(keys), len(members))
             assert self.me is not None
+            limit = assign.quota(self.me, members, len(keys))
             for key, scope in list(self.tasks.items()):
                 if key not in keys:
                     scope.cancel()
             running = [k for k in self.handle._owned if k in keys]
             if len(running) > limit:
                 shed = assign.shed_order(self.me, running)[:len(running) - limit]
-                logger.info("sharded %s: over the cap (%d > %d), shedding %d",
+                logger.info("sharded %s: over its quota (%d > %d), shedding %d",
                             self.handle.group, len(running), limit, len(shed))
                 for key in shed:
                     self.tasks[key].cancel()
@@ -362,9 +363,9 @@ async def run_sharded(
     lease (``hold_leadership(key)``, so :func:`current_leadership` inside
     ``async_fn`` gives the key's fencing token, and ``current_leader(key)`` and
     ``noleader status`` show it); membership lives in member slots under
-    ``<group>/member/``. Keys spread over the live members, at most
-    ``ceil(N / M)`` each, and stay where they run until their owner leaves or is
-    over that cap; a key changes hands only by drain-then-release: the old job
+    ``<group>/member/``. Keys spread over the live members, ``floor(N / M)`` or
+    one more each, and stay where they run until their owner leaves or is over
+    its quota; a key changes hands only by drain-then-release: the old job
     is cancelled and its lease released before the new owner's create can
     succeed. A job that returns keeps its key (nobody else runs it) until the key
     moves.
