@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import trio
@@ -14,6 +16,8 @@ import trio.testing
 import trio_noleader
 from trio_noleader import _shard_assign as assign
 from trio_noleader.testing import FaultyBackend, FencedResource
+
+from .cli_procs import run_cli
 
 TTL = 3.0
 RENEW = 1.0
@@ -294,3 +298,28 @@ def test_cap_meets_bounds() -> None:
             high = assign.balance_bounds(n, m)[1]
             assert assign.cap(n, m) <= high
             assert math.ceil(n / m) == assign.cap(n, m)
+
+
+async def test_status_shows_groups(tmp_path: Path) -> None:
+    """``noleader status`` lists each sharded group with its members (real clock)."""
+    url = f"sqlite://{tmp_path / 'leases.db'}"
+
+    async def job(key: str) -> None:
+        await trio.sleep_forever()
+
+    async with trio_noleader.open_backend(url + "?new_store_grace=off"), \
+            trio.open_nursery() as nursery:
+        handles = [await nursery.start(functools.partial(
+            trio_noleader.run_sharded, "web/cron", _keys(6), job, ttl=2.0, name=name))
+            for name in ("x", "y")]
+        with trio.fail_after(10):
+            while sum(len(h.owned) for h in handles) < 6 or any(  # noqa: ASYNC110
+                    len(h.owned) != 3 for h in handles):
+                await trio.sleep(0.05)
+        assert handles[0].members == {"x", "y"} or len(handles[0].members) == 2
+        code, out = await run_cli("status", "--url", url)
+        nursery.cancel_scope.cancel()
+    assert code == 0, out
+    assert "sharded group web/cron: 2 members" in out, out
+    assert out.count("web/cron/member/") == 2, out
+    assert "job-005" in out, out

@@ -26,6 +26,7 @@ from ._cli_common import (
     default_url,
     describe,
     info_json,
+    print_groups,
     say,
     show_library_warnings,
     state_directory,
@@ -70,6 +71,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         holder = str(info.candidate_id) if info.candidate_id else "(unknown holder)"
         left = "?" if info.expires_in is None else f"{info.expires_in:.1f}s"
         print(f"{key:<{width}}  {holder:<36}  {info.token:>8}  {left:>9}")
+    print_groups(rows)
     return code
 
 
