@@ -42,7 +42,7 @@ from . import _shard_assign as assign
 from ._context import require_trio, resolve_backend
 from ._election import Leadership, hold_leadership
 from ._exceptions import BackendUnavailable, LeadershipLost
-from ._types import LeaderInfo, check_key, check_timing, decode_value, type_error
+from ._types import Entry, LeaderInfo, check_key, check_timing, decode_value, type_error
 from ._unwrap import bare_exceptions
 from ._util import Backoff
 from .abc import Backend
@@ -335,10 +335,7 @@ def _member_id(value: bytes, revision: int, slot: int) -> str:
     return candidate.hex if candidate is not None else f"foreign-{slot}"
 
 
-def _label(entry: object, slot: int, handle: ShardGroup) -> str:
-    from ._types import Entry
-
-    assert isinstance(entry, Entry)
+def _label(entry: Entry, slot: int, handle: ShardGroup) -> str:
     info = LeaderInfo.from_entry(entry)
     # LeaderInfo.name (DESIGN section 8) when the store carries one.
     name = getattr(info, "name", None)
