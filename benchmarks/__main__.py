@@ -30,7 +30,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import _profile, bridge, contention, distance, failover, handover, postgres, renewal, scale
+from . import (
+    _profile,
+    bridge,
+    contention,
+    distance,
+    failover,
+    handover,
+    postgres,
+    renewal,
+    scale,
+    sharded,
+)
 from ._common import Env, Target, nats_backend_available
 from ._plot import plot
 from ._server import NatsServer, nats_server_binary
@@ -46,10 +57,11 @@ SCENARIOS: dict[str, ModuleType] = {
     "contention": contention,
     "scale": scale,
     "postgres": postgres,
+    "sharded": sharded,
 }
 #: In the order they are numbered and printed.
 PRINT_ORDER = ["handover", "failover", "distance", "renewal", "bridge", "contention", "scale",
-               "postgres"]
+               "postgres", "sharded"]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 

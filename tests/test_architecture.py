@@ -24,17 +24,17 @@ PACKAGE = Path(trio_noleader.__file__).resolve().parent
 #: (STYLE.md: exceptions and types -> backend protocol -> backends -> election core
 #: -> public helpers -> CLI).
 LAYERS: list[set[str]] = [
-    {"_version", "_exceptions", "_types", "_util", "_unwrap", "_urls"},
+    {"_version", "_exceptions", "_types", "_util", "_unwrap", "_urls", "_shard_assign"},
     {"abc"},
     {"_release", "_context", "_reentry", "_hub", "_batch", "_observe"},
     {"_aio", "_memory", "_sqlite_file", "_sqlite", "_nats_base", "_nats_watch", "_nats",
      "_nats_setup", "_postgres_sql", "_postgres_watch", "_postgres", "_postgres_setup",
      "_open"},
     {"_campaign", "_election"},
-    {"_helpers", "metrics"},
+    {"_helpers", "_sharded", "metrics"},
     {"testing._faults", "testing._fence", "testing._schedule", "testing._trace",
      "testing._strategies", "testing._simulation", "testing._runner", "testing._servers",
-     "testing._proxy",
+     "testing._proxy", "testing._sharded",
      "testing"},
     {"_supervisor", "_cli_common"},
     {"_cli_run", "_cli_demo"},

@@ -156,11 +156,9 @@ def test_snippets_name_only_what_the_package_has() -> None:
     import trio_noleader
     import trio_noleader.testing
 
-    # Names that other work in progress adds; their guides are written already.
-    pending = {"run_sharded"}
     for where, code in _python_blocks():
         for module, name in re.findall(r"\b(trio_noleader(?:\.testing)?)\.(\w+)", code):
-            if name in pending or name in ("testing", "metrics"):
+            if name in ("testing", "metrics"):
                 continue
             exported = (trio_noleader.testing if module.endswith("testing")
                         else trio_noleader).__all__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +11,14 @@ import trio.testing
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_noleader import LeadershipLost, MemoryBackend, hold_leadership, metrics
+from trio_noleader import (
+    LeadershipLost,
+    MemoryBackend,
+    ShardGroup,
+    hold_leadership,
+    metrics,
+    run_sharded,
+)
 from trio_noleader._observe import observers
 from trio_noleader.testing import FaultyBackend
 
@@ -140,3 +148,32 @@ async def test_enabled_in_the_middle_of_a_term(autojump_clock: trio.testing.Mock
         assert value(registry, "noleader_is_leader") == 0
     finally:
         metrics.disable(registry)
+
+
+async def test_shards_owned_per_group(autojump_clock: trio.testing.MockClock,
+                                      registry: CollectorRegistry) -> None:
+    def owned(group: str) -> float | None:
+        return samples(registry).get(("noleader_shards_owned", (("group", group),)))
+
+    async def job(key: str) -> None:
+        await trio.sleep_forever()
+
+    async def settled(handle: ShardGroup, count: int) -> None:
+        for _ in range(200):
+            if len(handle.owned) == count:
+                return
+            await trio.sleep(0.1)
+        pytest.fail(f"owned {sorted(handle.owned)}, not {count} keys")
+
+    assert owned("cron") is None  # no group runs
+    async with MemoryBackend() as backend, trio.open_nursery() as nursery:
+        keys = [f"cron/job-{n}" for n in range(6)]
+        handle = await nursery.start(functools.partial(
+            run_sharded, "cron", keys, job, backend=backend, ttl=TTL))
+        await settled(handle, 6)
+        assert owned("cron") == 6
+        handle.set_keys(keys[:4])
+        await settled(handle, 4)
+        assert owned("cron") == 4
+        nursery.cancel_scope.cancel()
+    assert owned("cron") is None  # the group ended

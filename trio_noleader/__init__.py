@@ -27,6 +27,8 @@ from ._observe import LeadershipEvent as LeadershipEvent
 from ._observe import add_observer as add_observer
 from ._observe import remove_observer as remove_observer
 from ._open import open_backend as open_backend
+from ._sharded import ShardGroup as ShardGroup
+from ._sharded import run_sharded as run_sharded
 from ._sqlite import SQLiteBackend as SQLiteBackend
 from ._sqlite import open_sqlite_backend as open_sqlite_backend
 from ._types import Entry as Entry
@@ -56,6 +58,7 @@ __all__ = [
     "PostgresBackend",
     "RevisionMismatch",
     "SQLiteBackend",
+    "ShardGroup",
     "__version__",
     "abc",
     "add_observer",
@@ -68,6 +71,7 @@ __all__ = [
     "open_sqlite_backend",
     "remove_observer",
     "run_as_leader",
+    "run_sharded",
     "watch_leader",
 ]
 

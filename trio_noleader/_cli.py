@@ -26,6 +26,7 @@ from ._cli_common import (
     default_url,
     describe,
     info_json,
+    print_groups,
     say,
     show_library_warnings,
     state_directory,
@@ -73,6 +74,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         left = "?" if info.expires_in is None else f"{info.expires_in:.1f}s"
         print(f"{key:<{width}}  {info.name or '-':<{names}}  {holder:<36}  "
               f"{info.token:>8}  {left:>9}")
+    print_groups(rows)
     return code
 
 

@@ -7,12 +7,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from ._sharded import MEMBER_INFIX
 from ._types import LeaderInfo
 from ._unwrap import bare_exceptions
 
@@ -126,3 +127,46 @@ async def with_signals(body: Callable[[], Awaitable[int]]) -> int:
     if received:
         return EXIT_SIGNAL_BASE + received[0]
     return code
+
+
+# -- sharded groups in ``noleader status`` ---------------------------------------
+
+
+def sharded_groups(rows: Sequence[tuple[str, LeaderInfo | None]]
+                   ) -> dict[str, list[tuple[str, int | None]]]:
+    """The sharded groups among *rows* (key, holder): group -> [(member, keys owned)].
+
+    A group shows by its member slots (``<group>/member/NN``, see ``run_sharded``);
+    a member is named by its lease's name where the store carries one (else
+    ``#NN`` and its candidate id). Keys owned are counted by that name among the
+    other leases, None when the store carries no names.
+    """
+    names: dict[str, int] = {}
+    for key, info in rows:
+        if info is not None and info.name is not None and MEMBER_INFIX not in key:
+            names[info.name] = names.get(info.name, 0) + 1
+    groups: dict[str, list[tuple[str, int | None]]] = {}
+    for key, info in rows:
+        group, infix, slot = key.rpartition(MEMBER_INFIX)
+        if not infix or not group or not slot.isdigit() or info is None:
+            continue
+        if info.name is not None:
+            groups.setdefault(group, []).append((info.name, names.get(info.name, 0)))
+        else:
+            groups.setdefault(group, []).append(
+                (f"#{slot} {info.candidate_id or '(unknown holder)'}", None))
+    return groups
+
+
+def print_groups(rows: Sequence[tuple[str, LeaderInfo | None]]) -> None:
+    """Print ``noleader status``'s sharded-groups section (nothing if there is none)."""
+    groups = sharded_groups(rows)
+    if not groups:
+        return
+    print()
+    for group, members in sorted(groups.items()):
+        counts = [c for _, c in members if c is not None]
+        owned = f", {sum(counts)} keys owned" if counts else ""
+        print(f"sharded group {group}: {len(members)} members{owned}")
+        for member, count in members:
+            print(f"  {member}" + ("" if count is None else f"  {count} keys"))

@@ -22,6 +22,11 @@ Every metric is labelled by election key:
 - ``noleader_lease_remaining_seconds`` (gauge): seconds left until the lease
   deadline of the term held here, computed when scraped; 0 when not leader.
 
+and, labelled by group, for :func:`trio_noleader.run_sharded`:
+
+- ``noleader_shards_owned{group}`` (gauge): the keys of the group whose jobs run in
+  this process now, computed when scraped (absent while no group runs).
+
 The metrics come from the library's observer hook (:func:`trio_noleader.add_observer`):
 nothing is polled, and the renewal path pays one call per renewal.
 """
@@ -31,7 +36,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter as _Tally
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import (
@@ -42,8 +48,11 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ._observe import LeadershipEvent, add_observer, remove_observer
+from ._sharded import running_groups
 
 __all__ = ["Metrics", "disable", "enable", "serve"]
 
@@ -53,6 +62,21 @@ RENEW_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 #: Buckets of noleader_campaign_seconds: a free key, a handover, a failover, waiting.
 CAMPAIGN_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
                     300.0, 600.0, 1800.0, 3600.0)
+
+
+class _ShardsOwned(Collector):
+    """``noleader_shards_owned{group}``, from the running groups at each scrape."""
+
+    def collect(self) -> Iterable[Metric]:
+        owned: _Tally[str] = _Tally()
+        for handle in running_groups():
+            owned[handle.group] += len(handle.owned)
+        family = GaugeMetricFamily("noleader_shards_owned",
+                                   "Keys of a sharded group whose jobs run in this process",
+                                   labels=["group"])
+        for group, count in sorted(owned.items()):
+            family.add_metric([group], count)
+        yield family
 
 
 class Metrics:
@@ -80,6 +104,8 @@ class Metrics:
                                      "Seconds left until the lease deadline of the term "
                                      "held here (0 when not leader)", ["key"],
                                      registry=registry)
+        self.shards_owned = _ShardsOwned()
+        registry.register(self.shards_owned)
         # key -> {candidate id: lease deadline by time.monotonic()}: the terms held
         # here. Read by the scraping thread, hence the lock.
         self._held: dict[str, dict[uuid.UUID, float]] = {}
@@ -156,7 +182,8 @@ class Metrics:
     def close(self) -> None:
         remove_observer(self.observe)
         for collector in (self.is_leader, self.terms, self.losses, self.renewals,
-                          self.renew_seconds, self.campaign_seconds, self.lease_remaining):
+                          self.renew_seconds, self.campaign_seconds, self.lease_remaining,
+                          self.shards_owned):
             self.registry.unregister(collector)
 
 

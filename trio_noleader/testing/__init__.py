@@ -15,7 +15,9 @@ virtual time. See the guide docs/howto/testing.rst.
   for tests that simulate: no deadline, ``too_slow`` suppressed (importing these
   needs ``hypothesis``).
 - :func:`run_schedule` / :func:`simulate` play a schedule in virtual time and
-  return a :class:`Trace`, whose ``check_*`` methods assert the properties.
+  return a :class:`Trace`, whose ``check_*`` methods assert the properties;
+  :func:`run_sharded_schedule` / :func:`simulate_sharded` play one with every
+  candidate running ``run_sharded`` and return a :class:`ShardedTrace`.
 - :class:`FaultProxy` is a real TCP proxy for tests against real servers: one-way
   latency per direction, a black hole, resets and refused connections, on demand.
 """
@@ -52,6 +54,9 @@ from ._schedule import Slow as Slow
 from ._schedule import Timing as Timing
 from ._servers import NatsServer as NatsServer
 from ._servers import PostgresServer as PostgresServer
+from ._sharded import ShardedTrace as ShardedTrace
+from ._sharded import run_sharded_schedule as run_sharded_schedule
+from ._sharded import simulate_sharded as simulate_sharded
 from ._simulation import LeaderContext as LeaderContext
 from ._simulation import default_body as default_body
 from ._trace import FaultSpan as FaultSpan
@@ -98,6 +103,7 @@ __all__ = [
     "ProxyStatistics",
     "Restart",
     "Schedule",
+    "ShardedTrace",
     "Slow",
     "StoreSwitch",
     "StoreWrite",
@@ -106,8 +112,10 @@ __all__ = [
     "Trace",
     "default_body",
     "run_schedule",
+    "run_sharded_schedule",
     "schedules",
     "simulate",
+    "simulate_sharded",
     "simulation_settings",
     "timings",
 ]
