@@ -13,7 +13,7 @@ import json
 import socket
 import sys
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +169,24 @@ class Journal:
     def tail(self, count: int = 30) -> str:
         """The last *count* events, one JSON line each (for an assertion message)."""
         return "\n".join(json.dumps(event) for event in self.events[-count:])
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+async def stop_processes(processes: Iterable[trio.Process]) -> None:
+    """Kill what is still running of *processes* (by PID: only what the test started),
+    wait for each and close its pipes; shielded, for a test's ``finally``."""
+    processes = list(processes)
+    for process in processes:
+        if process.returncode is None:
+            process.kill()
+    with trio.CancelScope(shield=True):
+        for process in processes:
+            await process.wait()
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    await stream.aclose()
 
 
 # -- ports ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import trio
 from trio_noleader import open_backend
 
 from .backends import SHARED_BACKENDS
-from .harness import ROOT, BackendSpec, Event, Journal, script
+from .harness import ROOT, BackendSpec, Event, Journal, script, stop_processes
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals and pipes")
 
@@ -116,14 +116,7 @@ async def test_three_processes_one_leader(spec: BackendSpec,
                             await processes[name].wait()
                         assert await observer.keys() == []
         finally:
-            for process in processes.values():
-                if process.returncode is None:
-                    process.kill()  # by PID: only the processes this test started
-                with trio.CancelScope(shield=True):
-                    await process.wait()
-                    for stream in (process.stdin, process.stdout):
-                        if stream is not None:
-                            await stream.aclose()
+            await stop_processes(processes.values())
 
     assert processes[first_leader].returncode == -signal.SIGKILL
     assert processes[second].returncode == 0

@@ -27,7 +27,7 @@ from trio_noleader import open_backend
 from trio_noleader.testing import FencedResource
 
 from .backends import SHARED_BACKENDS
-from .harness import ROOT, BackendSpec, Event, Journal, script
+from .harness import ROOT, BackendSpec, Event, Journal, script, stop_processes
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals and pipes")
 
@@ -160,14 +160,7 @@ async def test_sharded_processes(spec: BackendSpec, request: pytest.FixtureReque
                     async with open_backend(url) as observer:
                         assert await observer.keys() == []
         finally:
-            for process in processes.values():
-                if process.returncode is None:
-                    process.kill()  # by PID: only the processes this test started
-                with trio.CancelScope(shield=True):
-                    await process.wait()
-                    for stream in (process.stdin, process.stdout):
-                        if stream is not None:
-                            await stream.aclose()
+            await stop_processes(processes.values())
 
     # Never two jobs of one key at once, on the host's wall clock.
     terms: dict[str, list[tuple[float, float, str, int]]] = {}

@@ -24,6 +24,7 @@ from ._simulation import (
     Simulation,
     all_tasks,
     default_body,
+    leftover_tasks,
     seed_scheduler,
 )
 from ._trace import Trace
@@ -141,14 +142,7 @@ async def run_schedule(schedule: Schedule, *, body: BodyFn | None = None,
                 trace.shutdown_took = trio.current_time() - shutdown_started
         finally:
             trio.lowlevel.remove_instrument(guard)
-    ancestors: set[trio.lowlevel.Task] = set()
-    task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
-    while task is not None:
-        ancestors.add(task)
-        parent = task.parent_nursery
-        task = None if parent is None else parent.parent_task
-    trace.leftover_tasks = [t.name for t in all_tasks()
-                            if t not in baseline and t not in ancestors]
+    trace.leftover_tasks = leftover_tasks(baseline)
     _fill(trace, sim, resource, t0)
     return trace
 

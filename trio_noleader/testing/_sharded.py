@@ -27,7 +27,14 @@ from .._sharded import member_key, run_sharded
 from ._fence import FencedResource
 from ._runner import _logging_into
 from ._schedule import Crash, Restart, Schedule
-from ._simulation import LivelockGuard, Simulation, all_tasks, default_body, seed_scheduler
+from ._simulation import (
+    LivelockGuard,
+    Simulation,
+    all_tasks,
+    default_body,
+    leftover_tasks,
+    seed_scheduler,
+)
 from ._trace import IssuedWrite, Term, Trace
 
 __all__ = ["DEFAULT_GROUP", "ShardedTrace", "run_sharded_schedule", "simulate_sharded"]
@@ -282,14 +289,7 @@ async def run_sharded_schedule(schedule: Schedule, keys: Sequence[str], *,
                 members.shutdown_took = trio.current_time() - started
         finally:
             trio.lowlevel.remove_instrument(guard)
-    ancestors: set[trio.lowlevel.Task] = set()
-    task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
-    while task is not None:
-        ancestors.add(task)
-        parent = task.parent_nursery
-        task = None if parent is None else parent.parent_task
-    members.leftover_tasks = [t.name for t in all_tasks()
-                              if t not in baseline and t not in ancestors]
+    members.leftover_tasks = leftover_tasks(baseline)
     members.errors.extend(sim.errors)
     members.end = schedule.run_until
     writes = sorted((w for b in sim.backends for w in b.writes), key=lambda w: w.time)

@@ -150,6 +150,18 @@ def all_tasks() -> Iterator[trio.lowlevel.Task]:
             stack.extend(nursery.child_tasks)
 
 
+def leftover_tasks(baseline: set[trio.lowlevel.Task]) -> list[str]:
+    """The names of the tasks running now that are neither in *baseline* nor our
+    own ancestors: what a run left behind."""
+    ancestors: set[trio.lowlevel.Task] = set()
+    task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+    while task is not None:
+        ancestors.add(task)
+        parent = task.parent_nursery
+        task = None if parent is None else parent.parent_task
+    return [t.name for t in all_tasks() if t not in baseline and t not in ancestors]
+
+
 class _Link:
     """The fault state of one candidate's link, for overlapping faults."""
 
