@@ -25,7 +25,7 @@ from .._release import RELEASE_TIMEOUT
 from .._shard_assign import balance_bounds, join_move_bound
 from .._sharded import member_key, run_sharded
 from ._fence import FencedResource
-from ._runner import _logging_into
+from ._runner import _logging_into, _play
 from ._schedule import Crash, Restart, Schedule
 from ._simulation import (
     LivelockGuard,
@@ -277,16 +277,8 @@ async def run_sharded_schedule(schedule: Schedule, keys: Sequence[str], *,
                 async with contextlib.AsyncExitStack() as hosts:
                     for backend in sim.backends:
                         await hosts.enter_async_context(services_for(backend).hosted())
-                    async with trio.open_nursery() as nursery:
-                        for index in range(len(schedule.candidates)):
-                            nursery.start_soon(sim.candidate, index, name=f"c{index}")
-                        nursery.start_soon(sim.play_faults, name="faults")
-                        await trio.sleep_until(t0 + schedule.run_until)
-                        sim.end_faults()
-                        sim.shutting_down = True
-                        started = trio.current_time()
-                        nursery.cancel_scope.cancel()
-                members.shutdown_took = trio.current_time() - started
+                    await _play(sim, schedule, t0)
+                members.shutdown_took = trio.current_time() - sim.shutdown_started
         finally:
             trio.lowlevel.remove_instrument(guard)
     members.leftover_tasks = leftover_tasks(baseline)
