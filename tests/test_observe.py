@@ -15,6 +15,7 @@ from trio_noleader import (
     LeadershipLost,
     LeadershipStatistics,
     MemoryBackend,
+    _observe,
     add_observer,
     hold_leadership,
     remove_observer,
@@ -223,3 +224,27 @@ async def test_logging_is_one_observer(autojump_clock: trio.testing.MockClock,
 def test_public_names() -> None:
     assert trio_noleader.LeadershipStatistics.__module__ == "trio_noleader"
     assert trio_noleader.LeadershipEvent.__module__ == "trio_noleader"
+
+
+def test_a_renewal_builds_no_event_for_a_silent_logger() -> None:
+    core = logging.getLogger("trio_noleader")
+    saved = core.level
+    try:
+        core.setLevel(logging.INFO)
+        assert _observe.observers == [_observe.log_event]
+        assert not _observe.renewals_watched()  # only the logger, which drops DEBUG
+        core.setLevel(logging.DEBUG)
+        assert _observe.renewals_watched()  # "renewed ..." is logged at DEBUG
+        core.setLevel(logging.INFO)
+
+        def listener(event: trio_noleader.LeadershipEvent) -> None:
+            pass
+
+        trio_noleader.add_observer(listener)
+        try:
+            assert _observe.renewals_watched()
+        finally:
+            trio_noleader.remove_observer(listener)
+        assert not _observe.renewals_watched()
+    finally:
+        core.setLevel(saved)

@@ -444,7 +444,7 @@ class Campaign:
             self.renewals += 1
             self.last_renew_seconds = now - started
             self.last_renewed_at = now
-            if _observe.observers:
+            if _observe.renewals_watched():
                 _observe.emit(self.event("renewed", seconds=now - started,
                                          deadline=self.deadline))
 

@@ -91,6 +91,16 @@ def remove_observer(observer: Observer) -> None:
         observers.remove(observer)
 
 
+def renewals_watched() -> bool:
+    """Whether a ``"renewed"`` event would reach anyone: an observer besides the
+    logging one, or the logging one with DEBUG enabled. The renewal path asks this
+    before it builds an event, so that by default a renewal pays only this check."""
+    if not observers:
+        return False
+    return (len(observers) > 1 or observers[0] is not log_event
+            or logger.isEnabledFor(logging.DEBUG))
+
+
 def emit(event: LeadershipEvent) -> None:
     for observer in tuple(observers):
         try:
