@@ -123,7 +123,9 @@ async def status_and_watch(url: str) -> None:
         assert code == 0, out
         held = await watcher.expect(r'"held": true.*"token": (\d+)')
         assert int(held.group(1)) > 0
-        await watcher.expect('"held": false')
+        # The release, after the held line (not the first line's "held": false).
+        held_at = next(i for i, line in enumerate(watcher.lines) if '"held": true' in line)
+        await watcher.expect('"held": false', after=held_at + 1)
         watcher.process.send_signal(signal.SIGINT)
         assert await watcher.wait() == 130
     lines = [json.loads(line) for line in watcher.lines if line.startswith("{")]
