@@ -353,16 +353,23 @@ class NatsBackend(Backend):
             raise
 
     async def _aio_keys(self) -> list[str]:
-        # nats-py's kv.keys() raises when empty and leaks its watcher on errors.
+        # nats-py's kv.keys() raises when empty and leaks its watcher on errors; its
+        # updates(timeout=...) wraps every entry in a task of its own (asyncio's
+        # wait_for), which was most of a listing's cost. One timeout instead, pushed
+        # on while entries keep coming: a big bucket may take longer than one
+        # REQUEST_TIMEOUT, a silent server may not.
         watcher: Any = await self._kv.watchall(ignore_deletes=True, meta_only=True,
                                                inactive_threshold=WATCH_INACTIVE_THRESHOLD)
         keys: set[str] = set()
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                update = await watcher.updates(timeout=REQUEST_TIMEOUT)
-                if update is None:  # nats-py: the initial state has been delivered
-                    break
-                keys.add(update.key)
+            async with asyncio.timeout(REQUEST_TIMEOUT) as limit:
+                async for update in watcher:
+                    if update is None:  # nats-py: the initial state has been delivered
+                        break
+                    keys.add(update.key)
+                    if len(keys) % 256 == 0:
+                        limit.reschedule(loop.time() + REQUEST_TIMEOUT)
         finally:
             await watcher.stop()
         return sorted(keys)
