@@ -174,6 +174,37 @@ async def test_leases_due_together_are_renewed_in_batches(
     assert 3 <= sent <= 3 * math.ceil(leases / _batch.MAX_BATCH) + 3
 
 
+async def test_leases_taken_over_a_moment_are_renewed_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Renewals wake on a grid of renew_interval / 50: leases taken 2 ms apart
+    (as a sharded member's claims are) go in one or two batches a round, not one
+    each, and none is renewed later than due."""
+    backend = MemoryBackend()
+    leases, apart = 40, 0.002  # taken over 80 ms; the grid is 100 ms
+    ttl, renew_interval = 15.0, 5.0
+    held: list[Leadership] = []
+    async with backend, trio.open_nursery() as nursery:
+
+        async def lead(index: int) -> None:
+            async with hold_leadership(f"lease/{index}", ttl=ttl,
+                                       renew_interval=renew_interval) as term:
+                held.append(term)
+                await trio.sleep_forever()
+
+        for index in range(leases):
+            nursery.start_soon(lead, index)
+            await trio.sleep(apart)
+        before = _batch.batches(backend)
+        await trio.sleep(3 * renew_interval + 0.5)  # three renewal rounds
+        sent = _batch.batches(backend) - before
+        for term in held:
+            # Renewed in the last round, at most a grid step before it was due.
+            assert term.deadline > trio.current_time() + ttl - renew_interval - 0.6
+        nursery.cancel_scope.cancel()
+    assert 3 <= sent <= 3 * 2
+
+
 async def test_one_failed_renewal_in_a_batch_fails_only_its_own_lease(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -47,8 +47,9 @@ MAX_CUT_IN_A_ROW = 5
 #: ... for at least this many ttls.
 CUT_PATIENCE = 10
 
-#: Renewals wake on this grid (seconds, never later than due), so that leases that
-#: fall due within a few milliseconds of each other are renewed in one batch.
+#: Renewals wake on a grid of ``max(RENEW_GRID, renew_interval / 50)`` seconds
+#: (never later than due, at most 2 % of the interval early), so that leases that
+#: fall due close together, such as a sharded member's claims, go in one batch.
 RENEW_GRID = 0.005
 
 
@@ -379,7 +380,8 @@ class Campaign:
     def _due(self) -> float:
         due = self.base + self.renew_interval
         if self.batched:
-            due = math.floor(due / RENEW_GRID) * RENEW_GRID
+            grid = max(RENEW_GRID, self.renew_interval / 50)
+            due = math.floor(due / grid) * grid
         return due
 
     async def renew_loop(self, scope: trio.CancelScope,
