@@ -42,7 +42,7 @@ from . import (
     scale,
     sharded,
 )
-from ._common import Env, Target, nats_backend_available
+from ._common import DEBUG_ENV, Env, Target, nats_backend_available
 from ._plot import plot
 from ._server import NatsServer, nats_server_binary
 from ._stats import Table
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(document, indent=1))
     print(f"\nresults written to {json_path}")
     print(plot(results, args.out / "handover_failover.png", _plot_title(meta, mode)))
-    if failures:
+    if failures or os.environ.get(DEBUG_ENV):
         print(f"worker logs kept in {tmp / 'logs'}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Env", "Target", "nats_backend_available"]
+__all__ = ["DEBUG_ENV", "Env", "Target", "nats_backend_available"]
+
+#: Set (to anything) to keep the worker logs and have the sharded workers log at
+#: DEBUG into them.
+DEBUG_ENV = "NOLEADER_BENCH_DEBUG"
 
 
 def nats_backend_available() -> str | None:

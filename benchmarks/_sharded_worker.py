@@ -4,11 +4,14 @@ Runs ``run_sharded("bench-shards", N keys, ...)`` through a counting wrapper of 
 backend. Prints JSON lines: ``joined``; ``owned`` on every change of its key set
 (the count and the keys added and removed, stamped with ``time.time()``);
 ``tick`` every second (this process's CPU seconds and store calls so far). Leaves
-(drain-then-release) and exits when stdin closes.
+(drain-then-release) and exits when stdin closes. With ``NOLEADER_BENCH_DEBUG``
+set it logs at DEBUG (claims, listings, elections) into its stderr log.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 
@@ -16,6 +19,7 @@ import trio
 
 import trio_noleader
 
+from ._common import DEBUG_ENV
 from ._worker import counted_backend, cpu_seconds, emit, wait_for_stdin_line
 
 
@@ -57,5 +61,8 @@ async def main(url: str, name: str, ttl: float, n: int) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get(DEBUG_ENV):
+        # Into the worker's stderr log, stamped like the JSON lines (time.time()).
+        logging.basicConfig(level=logging.DEBUG, format="%(created).3f %(message)s")
     url, name, ttl, n = sys.argv[1:5]
     trio.run(main, url, name, float(ttl), int(n))

@@ -122,6 +122,7 @@ async def _scenario(env: Env, name: str, url: str, ttl: float, steady: float
                           renewals_per_s=renewals, steady=steady)
             before = _owners(workers)
             victim = workers[1]
+            killed = time.time()
             victim.kill()
             await victim.process.wait()
             workers.remove(victim)
@@ -132,6 +133,10 @@ async def _scenario(env: Env, name: str, url: str, ttl: float, steady: float
             result["crash_moved"] = len(moved)
             result["crash_dead_keys"] = len(dead)
             result["crash_only_dead"] = moved == dead
+            claims = sorted(e["t"] - killed for w in workers for e in w.events
+                            if e.get("event") == "owned" and e["t"] >= killed
+                            and e["added"])
+            result["crash_claims"] = [round(c, 3) for c in claims]
             nursery.cancel_scope.cancel()
     finally:
         for w in [*workers]:

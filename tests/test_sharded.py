@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ import trio.testing
 
 import trio_noleader
 from trio_noleader import _shard_assign as assign
+from trio_noleader._sharded import MEMBER_INFIX, member_key
+from trio_noleader._types import encode_value
 from trio_noleader.testing import FaultyBackend, FencedResource
 
 from .cli_procs import run_cli
@@ -235,6 +238,61 @@ async def test_flapping_member_moves_nothing(autojump_clock: trio.testing.MockCl
         await trio.sleep(RENEW)
         assert cluster.owners() == before
         assert cluster.jobs.starts == starts
+        nursery.cancel_scope.cancel()
+
+
+class _Snatcher(FaultyBackend):
+    """Someone else takes each of the first *count* job keys just before we try it."""
+
+    def __init__(self, inner: trio_noleader.abc.Backend, count: int) -> None:
+        super().__init__(inner, name="a")
+        self.left = count
+        self.snatched: list[str] = []
+
+    async def create(self, key: str, value: bytes, *, ttl: float) -> int:
+        if self.left and MEMBER_INFIX not in key:
+            self.left -= 1
+            self.snatched.append(key)
+            await self.inner.create(key, encode_value(uuid.uuid4(), 1, "other"), ttl=ttl)
+        return await super().create(key, value, ttl=ttl)
+
+
+async def test_a_lost_claim_tries_the_next_free_key_at_once(
+        autojump_clock: trio.testing.MockClock, backend: trio_noleader.MemoryBackend) -> None:
+    """A listing goes stale while others claim: a claim that finds its key taken is
+    followed at once by one for the next free key of the same listing, not by a
+    wait for the next scan and a fresh listing of the whole store."""
+    link = _Snatcher(backend, 8)
+    async with trio.open_nursery() as nursery:
+        # A second member (present before we join), so that our quota is 10 of 20.
+        other = trio.CancelScope()
+
+        async def member(task_status: trio.TaskStatus[None]) -> None:
+            with other:
+                async with trio_noleader.hold_leadership(
+                        member_key("jobs", 7), backend=backend, ttl=TTL,
+                        renew_interval=RENEW, wait=False):
+                    task_status.started()
+                    await trio.sleep_forever()
+
+        await nursery.start(member)
+        handle: trio_noleader.ShardGroup = await nursery.start(functools.partial(
+            trio_noleader.run_sharded, "jobs", _keys(20), Jobs().job("a"), backend=link,
+            ttl=TTL, renew_interval=RENEW, name="a"))
+        with trio.fail_after(RENEW):
+            while len(handle.owned) < 10:  # noqa: ASYNC110 - polls a view
+                await trio.sleep(0.01)
+        assert len(link.snatched) == 8
+        assert not handle.owned & set(link.snatched)  # never taken from their holder
+        ops = [(c.op, c.key, c.outcome) for c in link.calls if c.op in ("keys", "create")
+               and MEMBER_INFIX not in c.key]
+        listings = [i for i, (op, _, _) in enumerate(ops) if op == "keys"]
+        lost = next(i for i, (op, key, _) in enumerate(ops) if key in link.snatched)
+        retry = next(i for i, (op, key, _) in enumerate(ops[lost:], lost)
+                     if op == "create" and key not in link.snatched)
+        assert ops[lost][2] != "ok"
+        assert listings[0] < lost
+        assert len(listings) == 1 or retry < listings[1], ops
         nursery.cancel_scope.cancel()
 
 

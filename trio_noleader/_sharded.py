@@ -17,8 +17,9 @@ and releases the keys it likes least; under it, it looks for free keys
 (one ``Backend.keys()`` call, at once on a membership change and every
 ``renew_interval / 4`` while it has room) and claims them after a delay of
 ``rank * renew_interval / (4 M)``, so the member that prefers a key most tries
-first. A replica with no room makes no store calls beyond its renewals and its
-slot watches.
+first. A claim that finds its key taken is followed at once by one for the next
+free key of the same listing. A replica with no room makes no store calls beyond
+its renewals and its slot watches.
 
 Hysteresis. A member seen joining counts for the others' quotas only after it has
 been a member for ``renew_interval / 2`` (the settle delay): a member that flaps
@@ -163,6 +164,8 @@ class _Runner:
         self.me: str | None = None
         self.my_slot: int | None = None
         self.tasks: dict[str, trio.CancelScope] = {}
+        #: Keys the last listing found free that we have not tried yet.
+        self.free: set[str] = set()
         #: Slots whose watch delivered its first state; we join once all have.
         self.reported: set[int] = set()
         self.ready = trio.Event()
@@ -260,6 +263,7 @@ class _Runner:
     async def _as_member(self, slot: int, lead: Leadership) -> None:
         self.me = lead.candidate_id.hex
         self.my_slot = slot
+        self.free = set()
         self.joined = True
         self._set_labels()
         logger.info("sharded %s: joined as member %d (%s)", self.handle.group, slot,
@@ -294,31 +298,47 @@ class _Runner:
             if room > 0 and (now >= next_scan or members != last_members):
                 last_members = members
                 next_scan = now + self.scan_interval
-                await self._claim(jobs, keys, members, room)
+                await self._list(keys)
                 continue
             last_members = members
+            if room > 0 and self.free:
+                self._claim(jobs, keys, members, room)
+                continue
             wake = min(self._next_maturity(), next_scan if room > 0 else math.inf)
             with trio.move_on_at(wake):
                 await changed.wait()
 
-    async def _claim(self, jobs: trio.Nursery, keys: frozenset[str], members: list[str],
-                     room: int) -> None:
+    async def _list(self, keys: frozenset[str]) -> None:
+        """Refresh :attr:`free`: the keys no lease holds, from one listing."""
+        started = trio.current_time()
         try:
             live = set(await self.backend.keys())
         except BackendUnavailable as exc:
             logger.debug("sharded %s: listing keys failed: %s", self.handle.group, exc)
             return
+        self.free = {k for k in keys if k not in live and k not in self.tasks}
+        logger.debug("sharded %s: %d keys free (listing took %.3f s)", self.handle.group,
+                     len(self.free), trio.current_time() - started)
+
+    def _claim(self, jobs: trio.Nursery, keys: frozenset[str], members: list[str],
+               room: int) -> None:
+        """Try for up to *room* of :attr:`free`, the keys we prefer most first.
+
+        A try that finds its key taken frees its room again, and the next free key
+        of the same listing is tried at once: a listing goes stale while others
+        claim, and a fresh one costs a full scan of the store.
+        """
         assert self.me is not None
         me = self.me
-        free = [k for k in keys if k not in live and k not in self.tasks]
-        ranked = sorted(free, key=lambda k: (assign.rank(me, members, k),
-                                             -assign.score(me, k)))
+        free = [k for k in self.free if k in keys and k not in self.tasks]
+        ranks = {k: assign.rank(me, members, k) for k in free}
+        ranked = sorted(free, key=lambda k: (ranks[k], -assign.score(me, k)))
         step = self.renew_interval / (4 * max(len(members), 1))
+        self.free = set(ranked[room:])
         for key in ranked[:room]:
-            delay = assign.rank(me, members, key) * step
             scope = trio.CancelScope()
             self.tasks[key] = scope
-            jobs.start_soon(self._run_key, key, delay, scope)
+            jobs.start_soon(self._run_key, key, ranks[key] * step, scope)
 
     async def _run_key(self, key: str, delay: float, scope: trio.CancelScope) -> None:
         try:
