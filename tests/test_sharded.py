@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import uuid
 from collections.abc import Awaitable, Callable
@@ -376,8 +377,17 @@ async def test_status_shows_groups(tmp_path: Path) -> None:
                 await trio.sleep(0.05)
         assert handles[0].members == handles[1].members == {"x", "y"}
         code, out = await run_cli("status", "--url", url)
+        json_code, json_out = await run_cli("status", "--url", url, "--json")
         nursery.cancel_scope.cancel()
-    assert code == 0, out
+    assert code == json_code == 0, out + json_out
+    rows = {row["key"]: row for row in json.loads(json_out)}
+    slots = {key: row for key, row in rows.items() if row["group"] is not None}
+    assert {row["group"] for row in slots.values()} == {"web/cron"}
+    assert sorted((row["name"], row["keys_owned"]) for row in slots.values()) == [
+        ("x", 3), ("y", 3)]
+    assert len(rows) == 8
+    assert all(rows[key]["group"] is None for key in _keys(6))
+    assert all(rows[key]["keys_owned"] is None for key in _keys(6))
     assert "sharded group web/cron: 2 members, 6 keys owned" in out, out
     assert "  x  3 keys" in out, out
     assert "  y  3 keys" in out, out

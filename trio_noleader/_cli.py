@@ -30,6 +30,7 @@ from ._cli_common import (
     say,
     show_library_warnings,
     state_directory,
+    status_json,
     with_signals,
 )
 from ._cli_demo import cmd_candidate, cmd_demo
@@ -57,7 +58,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     # A health check: exit 3 when a KEY named on the command line has no leader.
     code = EXIT_NOBODY_LEADS if any(info is None for _, info in rows) else 0
     if args.json:
-        print(json.dumps([info_json(key, info) for key, info in rows], indent=2))
+        print(json.dumps(status_json(rows), indent=2))
         return code
     if not rows:
         print(f"no elections in {redact_url(args.url)}")

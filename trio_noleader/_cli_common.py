@@ -132,6 +132,21 @@ async def with_signals(body: Callable[[], Awaitable[int]]) -> int:
 # -- sharded groups in ``noleader status`` ---------------------------------------
 
 
+def _owned_by_name(rows: Sequence[tuple[str, LeaderInfo | None]]) -> dict[str, int]:
+    """Leases held per holder name, member slots left out."""
+    names: dict[str, int] = {}
+    for key, info in rows:
+        if info is not None and info.name is not None and MEMBER_INFIX not in key:
+            names[info.name] = names.get(info.name, 0) + 1
+    return names
+
+
+def member_slot(key: str) -> str | None:
+    """The group whose member slot *key* is (``<group>/member/NN``), else None."""
+    group, infix, slot = key.rpartition(MEMBER_INFIX)
+    return group if infix and group and slot.isdigit() else None
+
+
 def sharded_groups(rows: Sequence[tuple[str, LeaderInfo | None]]
                    ) -> dict[str, list[tuple[str, int | None]]]:
     """The sharded groups among *rows* (key, holder): group -> [(member, keys owned)].
@@ -141,21 +156,37 @@ def sharded_groups(rows: Sequence[tuple[str, LeaderInfo | None]]
     ``#NN`` and its candidate id). Keys owned are counted by that name among the
     other leases, None when the store carries no names.
     """
-    names: dict[str, int] = {}
-    for key, info in rows:
-        if info is not None and info.name is not None and MEMBER_INFIX not in key:
-            names[info.name] = names.get(info.name, 0) + 1
+    names = _owned_by_name(rows)
     groups: dict[str, list[tuple[str, int | None]]] = {}
     for key, info in rows:
-        group, infix, slot = key.rpartition(MEMBER_INFIX)
-        if not infix or not group or not slot.isdigit() or info is None:
+        group = member_slot(key)
+        if group is None or info is None:
             continue
         if info.name is not None:
             groups.setdefault(group, []).append((info.name, names.get(info.name, 0)))
         else:
+            slot = key.rpartition(MEMBER_INFIX)[2]
             groups.setdefault(group, []).append(
                 (f"#{slot} {info.candidate_id or '(unknown holder)'}", None))
     return groups
+
+
+def status_json(rows: Sequence[tuple[str, LeaderInfo | None]]) -> list[dict[str, Any]]:
+    """``noleader status --json``: :func:`info_json` per key, with its sharded group.
+
+    ``group`` is the sharded group a member slot belongs to (None for other keys);
+    ``keys_owned`` the keys its member holds, counted by name as in the text
+    output (None for other keys, and where the store carries no names).
+    """
+    names = _owned_by_name(rows)
+    found = []
+    for key, info in rows:
+        group = member_slot(key)
+        owned = None
+        if group is not None and info is not None and info.name is not None:
+            owned = names.get(info.name, 0)
+        found.append({**info_json(key, info), "group": group, "keys_owned": owned})
+    return found
 
 
 def print_groups(rows: Sequence[tuple[str, LeaderInfo | None]]) -> None:
