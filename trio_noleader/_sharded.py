@@ -164,8 +164,10 @@ class _Runner:
         self.me: str | None = None
         self.my_slot: int | None = None
         self.tasks: dict[str, trio.CancelScope] = {}
-        #: Keys the last listing found free that we have not tried yet.
-        self.free: set[str] = set()
+        #: Keys the last listing found free that we have not tried yet, the most
+        #: preferred *last* (ranked for :attr:`free_for`, the members then).
+        self.free: list[str] = []
+        self.free_for: list[str] | None = None
         #: Slots whose watch delivered its first state; we join once all have.
         self.reported: set[int] = set()
         self.ready = trio.Event()
@@ -263,7 +265,7 @@ class _Runner:
     async def _as_member(self, slot: int, lead: Leadership) -> None:
         self.me = lead.candidate_id.hex
         self.my_slot = slot
-        self.free = set()
+        self.free, self.free_for = [], None
         self.joined = True
         self._set_labels()
         logger.info("sharded %s: joined as member %d (%s)", self.handle.group, slot,
@@ -316,7 +318,8 @@ class _Runner:
         except BackendUnavailable as exc:
             logger.debug("sharded %s: listing keys failed: %s", self.handle.group, exc)
             return
-        self.free = {k for k in keys if k not in live and k not in self.tasks}
+        self.free = [k for k in keys if k not in live and k not in self.tasks]
+        self.free_for = None
         logger.debug("sharded %s: %d keys free (listing took %.3f s)", self.handle.group,
                      len(self.free), trio.current_time() - started)
 
@@ -330,15 +333,21 @@ class _Runner:
         """
         assert self.me is not None
         me = self.me
-        free = [k for k in self.free if k in keys and k not in self.tasks]
-        ranks = {k: assign.rank(me, members, k) for k in free}
-        ranked = sorted(free, key=lambda k: (ranks[k], -assign.score(me, k)))
+        if self.free_for != members:
+            # Once per listing or membership change, not per lost claim: ranking
+            # costs O(free keys x members) hashes.
+            ranks = {k: assign.rank(me, members, k) for k in self.free}
+            self.free.sort(key=lambda k: (ranks[k], -assign.score(me, k)), reverse=True)
+            self.free_for = members
         step = self.renew_interval / (4 * max(len(members), 1))
-        self.free = set(ranked[room:])
-        for key in ranked[:room]:
+        while room > 0 and self.free:
+            key = self.free.pop()
+            if key not in keys or key in self.tasks:
+                continue
+            room -= 1
             scope = trio.CancelScope()
             self.tasks[key] = scope
-            jobs.start_soon(self._run_key, key, ranks[key] * step, scope)
+            jobs.start_soon(self._run_key, key, assign.rank(me, members, key) * step, scope)
 
     async def _run_key(self, key: str, delay: float, scope: trio.CancelScope) -> None:
         try:
