@@ -1,7 +1,8 @@
 """Regression tests for election-core bugs the simulation found.
 
 Each replays what Hypothesis found (shrunk) and failed before the fix named
-below; all three are fixed in ``trio_noleader/_election.py``.
+below; bugs 1-3 are fixed in the election core (now ``trio_noleader/_campaign.py``),
+bug 4 in ``_campaign.py`` and ``_hub.py``.
 
 Bug 1: ``_Campaign._call`` converts ``TimeoutError`` into ``BackendUnavailable``,
 but ``trio.fail_after`` raises ``trio.TooSlowError``, which is not a
@@ -31,6 +32,19 @@ zero-latency store (the memory backend, virtual time) a livelock in which time
 never moves, so not even the lease deadline can end it. Fix: let a pending
 ``retry_at`` win over ``renew_now`` (and do not reset the backoff on a renewal
 that only adopted).
+
+Bug 4 (found by the thorough profile, 7 x 10,000 schedules): a standby queued in
+its key's hub waits, between tries, for news from the hub's shared watch, or a
+ttl without news. When the store was away, that watch broke too and backs off
+(up to 2 s) before it re-opens. A try that failed (``BackendUnavailable``) was
+followed by its backoff *and then* a ttl of waiting on the broken watch, so a
+partition that ended just after a try delayed the next leader past ``ttl +
+renew_interval``; a try that got an answer (the key held) left the watch in its
+backoff, so the standby missed the next release and waited a ttl. Fix: after a
+failed try, if the watch is backing off too (``KeyHub.watch_broken``), the
+campaign tries again once its own backoff is over (unless the watch shows the
+key held); and a try that gets an answer re-opens a broken watch at once
+(``KeyHub.store_answered``).
 """
 
 from __future__ import annotations
@@ -48,8 +62,10 @@ from trio_noleader.testing import (
     FaultyBackend,
     Latency,
     Lossy,
+    Outage,
     Partition,
     Pause,
+    Restart,
     Schedule,
     Timing,
     schedules,
@@ -145,3 +161,79 @@ def test_crash_time_is_the_scheduled_one() -> None:
     trace = simulate(schedule)
     assert trace.crashed == {0: 0.407}
     trace.check_all()
+
+
+# -- bug 4: after a failure, a standby waits a ttl on a watch that is still broken ------
+
+def test_bug4_liveness_after_a_partition_that_ends_between_two_tries() -> None:
+    # c0's last try before the partition ends fails; after its backoff it waited a
+    # further ttl for news from its shared watch, broken too and still in its own
+    # backoff: elected 1.333 s after the partition ended, the bound is ttl +
+    # renew_interval = 1.333 s (check_liveness wants a leader by then).
+    schedule = Schedule(
+        timing=Timing(ttl=1.0, renew_interval=0.333, guard=0.501),
+        candidates=(Candidate(latency=Latency(low=0.0, high=0.024)),),
+        faults=(Pause(candidate=LEADER, at=0.681, duration=1.94),
+                Partition(candidate=0, at=2.594, duration=2.0)),
+        write_every=0.166, run_until=7.26, seed=1)
+    simulate(schedule).check_liveness()
+
+
+def test_bug4_handover_after_an_outage() -> None:
+    # After an outage both watches were in their backoff (up to 2 s); c0's tries got
+    # answers (the key held) but it waited a ttl for news each time, so c1's release
+    # at 2.383 went unseen and c1, back from its restart, took the key again.
+    schedule = Schedule(
+        timing=Timing(ttl=0.781, renew_interval=0.04, guard=0.078),
+        candidates=(Candidate(), Candidate()),
+        faults=(Outage(at=0.0, duration=1.561),
+                Restart(candidate=LEADER, at=2.383, duration=0.021)),
+        write_every=0.02, run_until=4.046, seed=0)
+    simulate(schedule).check_handover()
+
+
+async def test_bug4_an_answered_try_reopens_a_broken_watch_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The standby's watch is broken by a partition and backs off (0.05 s doubling
+    # to 2 s). Once a try of the standby's gets an answer (the key is held), the
+    # watch re-opens at once, so a release right after is seen at once: not at
+    # the watch's next attempt, nor after a ttl without news.
+    store = MemoryBackend()
+    link = FaultyBackend(store, name="standby")
+    elected: list[float] = []
+    leader = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+
+        async def lead(task_status: trio.TaskStatus[None]) -> None:
+            with leader:
+                async with hold_leadership("job", backend=store, ttl=10.0):
+                    task_status.started()
+                    await trio.sleep_forever()
+
+        async def standby() -> None:
+            async with hold_leadership("job", backend=link, ttl=10.0):
+                elected.append(trio.current_time())
+                await trio.sleep_forever()
+
+        await nursery.start(lead)
+        nursery.start_soon(standby)
+        await trio.sleep(1.0)  # the standby watches
+        link.partition()
+        await trio.sleep(5.2)  # the watch's attempts: ... 4.15, 6.15, then 8.15
+        link.heal()
+        healed = trio.current_time()
+        with trio.fail_after(10):
+            # The try: a read (a create of its own may have landed) that finds the
+            # key held.
+            while not any(c.op in ("create", "get") and c.time > healed
+                          and c.outcome == "ok" for c in link.calls):
+                await link.wait_calls(len(link.calls) + 1)
+        answered = trio.current_time()
+        assert answered < healed + 3.4  # within one campaign backoff (<= renew_interval)
+        leader.cancel()
+        with trio.fail_after(5):
+            while not elected:  # noqa: ASYNC110 - polls a list
+                await trio.sleep(0.001)
+        assert elected[0] - answered < 0.1, (answered, elected)
+        nursery.cancel_scope.cancel()

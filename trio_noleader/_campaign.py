@@ -245,6 +245,7 @@ class Campaign:
                     return
                 if hub is None:
                     raise trio.WouldBlock(f"{self.key!r} is held by another candidate")
+                hub.store_answered()
                 backoff.reset()
                 cut_in_a_row, cut_since = 0, math.inf
             except NewStore as exc:
@@ -270,6 +271,12 @@ class Campaign:
                 logger.warning("campaign for %s: store unavailable (%s); retrying in %.2g s",
                                self.key, exc, delay)
                 await trio.sleep(delay)
+                if hub is not None and hub.watch_broken:
+                    # The backoff was the wait: try again now (unless the key shows
+                    # held) rather than wait a ttl for news from a watch that broke
+                    # with the store and is backing off too. (A watch that works
+                    # shows what our write did, with no read.)
+                    seen = -1
             except Lost as exc:
                 self.revision = None
                 expired_in_a_row = expired_in_a_row + 1 if exc.expired else 0

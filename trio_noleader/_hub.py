@@ -68,6 +68,8 @@ class KeyHub:
         self._changed = trio.Event()
         self._watching = False
         self._stop = trio.CancelScope()
+        #: The broken watch's wait before it re-opens, while it waits.
+        self._backing_off: trio.CancelScope | None = None
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -103,6 +105,21 @@ class KeyHub:
             self._watching = True
             self._stop = trio.CancelScope()
             services_for(self.backend).start(self._watch, name=f"trio_noleader watch {self.key}")
+
+    @property
+    def watch_broken(self) -> bool:
+        """Whether the shared watch broke and waits out its backoff to re-open."""
+        return self._backing_off is not None
+
+    def store_answered(self) -> None:
+        """A campaign got an answer from the store: a broken watch re-opens now.
+
+        Its backoff (up to ``WATCH_BACKOFF[1]``) is for a store that stays away;
+        once a call gets through, waiting it out would leave the campaigns blind
+        to the next vacancy (they would try only after a ttl without news).
+        """
+        if self._backing_off is not None:
+            self._backing_off.cancel()
 
     def observe(self, state: Entry | _Unknown | None) -> None:
         """Record a new state; an entry seen twice (same revision) is no change.
@@ -145,7 +162,9 @@ class KeyHub:
                         pass
                     # The watch broke (or ended): the head decides for itself meanwhile.
                     self.observe(UNKNOWN)
-                    await trio.sleep(backoff.next())
+                    with trio.CancelScope() as self._backing_off:
+                        await trio.sleep(backoff.next())
+                    self._backing_off = None
         finally:
             self._watching = False
 
