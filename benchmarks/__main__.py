@@ -108,7 +108,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmarks of trio-noleader: handover, failover, handover at "
                     "distance, renewal cost, bridge overhead, contention, scale.")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer trials and shorter windows: about 90 s (CI)")
+                        help="fewer trials and shorter windows: about 2 minutes (CI)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"directory for the JSON and the PNG (default {DEFAULT_OUT})")
     parser.add_argument("--only", default=",".join(SCENARIOS),
