@@ -201,7 +201,8 @@ async def test_bug4_an_answered_try_reopens_a_broken_watch_at_once(
     # the watch's next attempt, nor after a ttl without news.
     store = MemoryBackend()
     link = FaultyBackend(store, name="standby")
-    elected: list[float] = []
+    elected = trio.Event()
+    elected_at: list[float] = []
     leader = trio.CancelScope()
     async with trio.open_nursery() as nursery:
 
@@ -213,7 +214,8 @@ async def test_bug4_an_answered_try_reopens_a_broken_watch_at_once(
 
         async def standby() -> None:
             async with hold_leadership("job", backend=link, ttl=10.0):
-                elected.append(trio.current_time())
+                elected_at.append(trio.current_time())
+                elected.set()
                 await trio.sleep_forever()
 
         await nursery.start(lead)
@@ -233,7 +235,6 @@ async def test_bug4_an_answered_try_reopens_a_broken_watch_at_once(
         assert answered < healed + 3.4  # within one campaign backoff (<= renew_interval)
         leader.cancel()
         with trio.fail_after(5):
-            while not elected:  # noqa: ASYNC110 - polls a list
-                await trio.sleep(0.001)
-        assert elected[0] - answered < 0.1, (answered, elected)
+            await elected.wait()
+        assert elected_at[0] - answered < 0.1, (answered, elected_at)
         nursery.cancel_scope.cancel()

@@ -110,6 +110,7 @@ class Campaign:
         # Round trips of the last few calls the store answered (seconds).
         self.recent: collections.deque[float] = collections.deque(maxlen=3)
         self.batched = _batch.batches_renewals(backend)
+        self._grid = max(RENEW_GRID, renew_interval / 50)
         # The renewal loop's sleep, and its store call when one is on its way.
         self._sleeping: trio.CancelScope | None = None
         self._calling: trio.CancelScope | None = None
@@ -387,8 +388,7 @@ class Campaign:
     def _due(self) -> float:
         due = self.base + self.renew_interval
         if self.batched:
-            grid = max(RENEW_GRID, self.renew_interval / 50)
-            due = math.floor(due / grid) * grid
+            due = math.floor(due / self._grid) * self._grid
         return due
 
     async def renew_loop(self, scope: trio.CancelScope,

@@ -167,6 +167,7 @@ class KeyHub:
                     self._backing_off = None
         finally:
             self._watching = False
+            self._backing_off = None
 
 
 _hubs: weakref.WeakKeyDictionary[Backend, dict[str, KeyHub]] = weakref.WeakKeyDictionary()
